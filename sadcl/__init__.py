@@ -1,0 +1,13 @@
+"""sadcl: SADCL multi-label image classification (Ma et al., ECAI 2023) — model zoo, inference, fine-tuning.
+
+>>> import sadcl
+>>> model = sadcl.create_model("sadcl_fashion_mosaic", pretrained=True)
+>>> sadcl.predict(model, "photo.png", top_k=3)
+"""
+__version__ = "0.1.0"
+
+from .model import SADCL
+from .zoo import create_model, list_models, list_pretrained
+from .inference import attention_maps, predict
+
+__all__ = ["SADCL", "__version__", "attention_maps", "create_model", "list_models", "list_pretrained", "predict"]

@@ -1,0 +1,91 @@
+"""Shared pytest fixtures.
+
+Hub fixtures: ``fake_hub`` points the real ``huggingface_hub`` client at a loopback ``FakeHub`` with
+an empty, per-test cache; ``hub_offline`` switches ``HF_HUB_OFFLINE`` on or off. Both patch the
+already-imported ``huggingface_hub.constants`` (read at call time in huggingface_hub 2.x) *and* the
+environment, so that subprocesses started by a test (CLI, ``torch.hub``) see the same settings.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `hubserver` importable from test modules
+
+from hubserver import FakeHub  # noqa: E402
+
+# Short timeouts: every test keeps its server up (or is offline / pinned), so a slow answer is a bug.
+_HUB_TIMEOUT_S = 5
+
+
+def _reset_hub_session() -> None:
+    """Drop huggingface_hub's shared HTTP client, so proxy settings and pooled connections start fresh."""
+    from huggingface_hub.utils import close_session
+
+    close_session()
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache directory used by default for this test (``HF_HUB_CACHE``)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def fake_hub(hf_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A running ``FakeHub`` that ``hf_hub_download`` talks to, online, with no token and an empty cache."""
+    from huggingface_hub import constants
+
+    with FakeHub() as hub:
+        endpoint = hub.endpoint
+        # hf_hub_url() formats the template and only rewrites URLs that start with ENDPOINT: patch both.
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", _HUB_TIMEOUT_S)
+        monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", _HUB_TIMEOUT_S)
+        # Never send (or look for) a real token of the developer's machine.
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        for name, value in {
+            "HF_ENDPOINT": endpoint,
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_ETAG_TIMEOUT": str(_HUB_TIMEOUT_S),
+            "HF_HUB_DOWNLOAD_TIMEOUT": str(_HUB_TIMEOUT_S),
+            "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }.items():
+            monkeypatch.setenv(name, value)
+        _reset_hub_session()  # the shared client read the proxy environment when it was created
+        try:
+            yield hub
+        finally:
+            _reset_hub_session()
+
+
+@pytest.fixture
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """Return ``set_offline(flag)``: turn huggingface_hub's offline mode (``HF_HUB_OFFLINE``) on or off.
+
+    huggingface_hub 2.x checks ``constants.HF_HUB_OFFLINE`` on every request; 0.x cached its HTTP
+    session, hence the session reset. The environment variable is for subprocesses.
+    """
+    from huggingface_hub import constants
+
+    def set_offline(flag: bool = True) -> None:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", flag)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1" if flag else "0")
+        _reset_hub_session()
+
+    return set_offline
