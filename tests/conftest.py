@@ -7,6 +7,7 @@ environment, so that subprocesses started by a test (CLI, ``torch.hub``) see the
 """
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `hubserver` importable from test modules
 
-from hubserver import FakeHub  # noqa: E402
+from hubserver import EMPTY_AGENT_REGISTRY, FakeHub  # noqa: E402
 
 # Short timeouts: every test keeps its server up (or is offline / pinned), so a slow answer is a bug.
 _HUB_TIMEOUT_S = 5
@@ -30,17 +31,31 @@ def _reset_hub_session() -> None:
 
 @pytest.fixture
 def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hugging Face cache directory used by default for this test (``HF_HUB_CACHE``)."""
+    """An empty Hugging Face cache (``HF_HUB_CACHE``) inside a fresh ``HF_HOME`` holding no token.
+
+    The fresh ``HF_HOME`` also holds an empty agent-harness registry, which huggingface_hub 2.x
+    would otherwise fetch from the endpoint once per process (an extra request in the server log).
+    """
     from huggingface_hub import constants
 
-    cache = tmp_path / "hf-cache"
+    home, cache = tmp_path / "hf-home", tmp_path / "hf-cache"
+    home.mkdir()
+    registry = home / ".agent_harnesses.json"
+    registry.write_text(json.dumps(EMPTY_AGENT_REGISTRY))
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(registry), raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_TOKEN_PATH", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return cache
 
 
 @pytest.fixture
-def fake_hub(hf_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+def fake_hub(hf_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     """A running ``FakeHub`` that ``hf_hub_download`` talks to, online, with no token and an empty cache."""
     from huggingface_hub import constants
 
@@ -52,10 +67,8 @@ def fake_hub(hf_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", _HUB_TIMEOUT_S)
         monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", _HUB_TIMEOUT_S)
-        # Never send (or look for) a real token of the developer's machine.
+        # Never send a token of the developer's machine (hf_cache already moved HF_HOME away from it).
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
         for name, value in {
             "HF_ENDPOINT": endpoint,
             "HF_HUB_OFFLINE": "0",

@@ -10,7 +10,8 @@ of what users run. ``FakeHub`` lets the *real* client talk to ``http://127.0.0.1
 * the blob route ``/lfs-blobs/{sha256}``, reached through a *different host name* (``localhost``
   when the endpoint uses ``127.0.0.1``): huggingface_hub 2.x follows same-host redirects on HEAD
   and would then read the metadata from the blob's answer, whereas the real Hub redirects to a CDN;
-* the Hub's error codes: ``EntryNotFound``, ``RevisionNotFound`` (404) and ``RepoNotFound`` (401).
+* the Hub's error codes: ``EntryNotFound``, ``RevisionNotFound`` (404) and ``RepoNotFound`` (401);
+* ``GET /api/agent-harnesses`` (an empty registry), which huggingface_hub 2.x asks for once per process.
 
 It never sends Xet headers (``X-Xet-Hash``...), which would switch the client to the Xet protocol.
 ``snapshot_download`` is not supported (it also needs the ``/api/models`` routes).
@@ -19,14 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["FakeHub"]
+__all__ = ["FakeHub", "EMPTY_AGENT_REGISTRY"]
 
 _BLOB_PREFIX = "/lfs-blobs/"
+EMPTY_AGENT_REGISTRY = {"standardEnvVars": [], "harnesses": {}}
 
 
 def _git_blob_sha1(content: bytes) -> str:
@@ -67,7 +70,7 @@ class FakeHub:
         # The LFS redirect must leave the endpoint's origin (see module docstring).
         self.blob_host = "localhost" if host == "127.0.0.1" else "127.0.0.1"
         self.requests: list[tuple[str, str]] = []  # (method, raw path), in arrival order
-        self.request_headers: list[dict[str, str]] = []  # headers of each request, same order
+        self.request_headers: list[dict[str, str]] = []  # headers of each request (lower-case names), same order
         self._repos: dict[str, _Repo] = {}
         self._blobs: dict[str, bytes] = {}  # sha256 -> served bytes (shared by files with equal content)
         self._lock = threading.Lock()
@@ -81,7 +84,9 @@ class FakeHub:
         if self._server is None:
             self._server = ThreadingHTTPServer((self.host, 0), _make_handler(self))
             self._server.daemon_threads = True
-            self._thread = threading.Thread(target=self._server.serve_forever, name="FakeHub", daemon=True)
+            # A short poll interval keeps stop() (called by every test's teardown) fast.
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), name="FakeHub",
+                                            daemon=True)
             self._thread.start()
         return self
 
@@ -222,8 +227,12 @@ class FakeHub:
     def handle(self, method: str, raw_path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
             self.requests.append((method, raw_path))
-            self.request_headers.append(headers)
+            self.request_headers.append({name.lower(): value for name, value in headers.items()})
         path = urlsplit(raw_path).path
+        if path == "/api/agent-harnesses":
+            # huggingface_hub 2.x fetches this registry once per process (for its User-Agent) unless
+            # $HF_HOME/.agent_harnesses.json is fresh; an empty registry means "no agent detected".
+            return 200, {"Content-Type": "application/json"}, json.dumps(EMPTY_AGENT_REGISTRY).encode()
         if path.startswith(_BLOB_PREFIX):
             return self._blob(path)
         if "/resolve/" in path:

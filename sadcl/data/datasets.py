@@ -16,7 +16,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -243,7 +243,7 @@ class CSVDataset(MultiLabelDataset):
             rows = [(reader.line_num, row) for row in reader]
         where = [f"{csv_path} line {line}" for line, _ in rows]
         images = []
-        for (line, row), w in zip(rows, where):
+        for (_, row), w in zip(rows, where):
             if None in row:
                 raise ValueError(f"{w}: more fields than header columns")
             image = (row.get("image") or "").strip()

@@ -222,7 +222,7 @@ class PrototypeContrastiveLoss(nn.Module):
             dtype = _compute_dtype(embeddings, prototypes)
             s = F.cosine_similarity(embeddings.to(dtype), prototypes.to(dtype)[None], dim=-1, eps=1e-8)
             s = s / self.temperature  # [B, C]
-            s = s - s.detach().amax(0, keepdim=True)  # the authors' per-class shift (exact under logsumexp)
+            s = s - s.amax(0, keepdim=True)  # the authors' per-class shift (exact under logsumexp)
             pos = _positive_mask(targets).to(s.device)
             lse_all = torch.logsumexp(s, dim=0)
             # finfo.min keeps classes without positives finite (their term is then zeroed, gradient 0 not NaN).

@@ -99,7 +99,8 @@ def read_labels(name: str) -> tuple[str, ...]:
 
 
 def _weights_record(name: str) -> _weights.WeightsRecord | None:
-    return _weights.load_weights_table().get(name)
+    # SADCL_WEIGHTS_JSON points at another table (a private mirror of checkpoints, or a test's).
+    return _weights.load_weights_table(os.environ.get("SADCL_WEIGHTS_JSON") or None).get(name)
 
 
 def pretrained_cfg_for(name: str) -> dict[str, Any]:

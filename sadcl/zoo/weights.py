@@ -24,9 +24,10 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is only needed by the safetensors helpers; keep `import` of this module light
+    import torch
 
 __all__ = [
     "WeightsRecord",
@@ -293,7 +294,8 @@ def _sadcl_version() -> str:
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
     from huggingface_hub import constants
 
-    return Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser().resolve()
+    # Absolute but not symlink-resolved: messages show the directory as the user configured it.
+    return Path(os.path.abspath(Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()))
 
 
 def _repo_cache_folder(cache_root: Path, repo_id: str) -> Path:
