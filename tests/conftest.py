@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `hubserver` importable from test modules
 
-from hubserver import EMPTY_AGENT_REGISTRY, FakeHub  # noqa: E402
+from hubserver import EMPTY_AGENT_REGISTRY, FakeHub
 
 # Short timeouts: every test keeps its server up (or is offline / pinned), so a slow answer is a bug.
 _HUB_TIMEOUT_S = 5
@@ -63,7 +63,8 @@ def fake_hub(hf_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHu
         endpoint = hub.endpoint
         # hf_hub_url() formats the template and only rewrites URLs that start with ENDPOINT: patch both.
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", _HUB_TIMEOUT_S)
         monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", _HUB_TIMEOUT_S)

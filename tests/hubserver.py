@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["FakeHub", "EMPTY_AGENT_REGISTRY"]
+__all__ = ["EMPTY_AGENT_REGISTRY", "FakeHub"]
 
 _BLOB_PREFIX = "/lfs-blobs/"
 EMPTY_AGENT_REGISTRY = {"standardEnvVars": [], "harnesses": {}}
@@ -79,7 +79,7 @@ class FakeHub:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         """Bind a free port and serve in a daemon thread. Idempotent."""
         if self._server is None:
             self._server = ThreadingHTTPServer((self.host, 0), _make_handler(self))
@@ -100,7 +100,7 @@ class FakeHub:
             self._server = None
             self._thread = None
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -139,7 +139,8 @@ class FakeHub:
             repo = self._repos.setdefault(repo_id, _Repo())
             previous = repo.refs.get(revision)
             if commit is None:
-                commit = previous or hashlib.sha1(f"{repo_id}@{revision}#{next(self._commit_counter)}".encode()).hexdigest()
+                seed = f"{repo_id}@{revision}#{next(self._commit_counter)}"
+                commit = previous or hashlib.sha1(seed.encode()).hexdigest()
             if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
                 raise ValueError(f"commit must be 40 lower-case hex characters, got {commit!r}")
             if commit not in repo.commits:
@@ -199,8 +200,8 @@ class FakeHub:
             f = repo.commits[commit].get(filename)
             if f is None:
                 # X-Repo-Commit lets the client cache the absence under .no_exist/<commit>/.
-                headers = {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found", "X-Repo-Commit": commit}
-                return 404, headers, b""
+                return 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found",
+                             "X-Repo-Commit": commit}, b""
             headers = {"X-Repo-Commit": commit, "ETag": f'"{f.git_sha1}"'}
             if f.lfs:
                 headers.update(self._lfs_headers(f))
@@ -256,10 +257,10 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if with_body and body:
                 self.wfile.write(body)
 
-        def do_HEAD(self) -> None:  # noqa: N802 (http.server naming)
+        def do_HEAD(self) -> None:  # http.server dispatches on the method name
             self._answer(with_body=False)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._answer(with_body=True)
 
         def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean

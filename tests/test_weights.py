@@ -49,8 +49,8 @@ def checkpoint_bytes(tmp_path: Path) -> bytes:
 
 
 def _record(content: bytes, revision: str | None, **overrides: object) -> WeightsRecord:
-    fields = dict(hf_hub_id=REPO, filename=FILENAME, revision=revision,
-                  sha256=hashlib.sha256(content).hexdigest(), size=len(content))
+    fields = {"hf_hub_id": REPO, "filename": FILENAME, "revision": revision,
+              "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
     fields.update(overrides)
     return WeightsRecord(**fields)  # type: ignore[arg-type]
 
@@ -67,7 +67,8 @@ def _resolve_path(record: WeightsRecord) -> str:
 
 
 def _snapshot(cache: Path, record: WeightsRecord) -> Path:
-    return cache / f"models--{record.hf_hub_id.replace('/', '--')}" / "snapshots" / str(record.revision) / record.filename
+    repo_folder = cache / f"models--{record.hf_hub_id.replace('/', '--')}"
+    return repo_folder / "snapshots" / str(record.revision) / record.filename
 
 
 def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -223,7 +224,7 @@ def test_missing_file_on_the_hub(fake_hub, published) -> None:
 
 
 def test_unknown_revision(fake_hub, published) -> None:
-    record, content = published
+    _, content = published
     stale = _record(content, "f" * 40)
     with pytest.raises(WeightsDownloadError, match=f"revision {'f' * 40} does not exist"):
         W.download_checkpoint(stale, variant="tiny")
@@ -248,7 +249,7 @@ def test_fake_hub_environment_reaches_subprocesses(fake_hub, published) -> None:
     record, content = published
     script = ("import huggingface_hub as h; "
               f"print(h.hf_hub_download({REPO!r}, {FILENAME!r}, revision={record.revision!r}))")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     path = Path(out.stdout.strip())
     assert path.read_bytes() == content
@@ -419,16 +420,23 @@ def test_save_is_atomic_and_returns_sha256(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "out" / "ckpt.safetensors"
     digest = W.save_safetensors({"a": torch.arange(6.0).reshape(2, 3).t()}, path, {"k": "v"})  # non-contiguous
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # usual permissions, not a private temp file's
     state_dict, metadata = W.read_safetensors(path)
     assert torch.equal(state_dict["a"], torch.arange(6.0).reshape(2, 3).t()) and metadata == {"k": "v"}
 
-    import safetensors.torch
+    real_open = open
 
-    def crash(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
+    def crash_while_writing(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and str(file).endswith(".tmp"):
+            handle.write(b"partial")
+            handle.close()
+            raise OSError("disk full")
+        return handle
 
-    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    monkeypatch.setattr("builtins.open", crash_while_writing)
     before = path.read_bytes()
     with pytest.raises(OSError, match="disk full"):
         W.save_safetensors({"a": torch.zeros(1)}, path)

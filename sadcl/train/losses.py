@@ -11,13 +11,13 @@ float64 dataset labels never turn float32 features into float64 arithmetic.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AsymmetricLoss", "SampleContrastiveLoss", "PrototypeContrastiveLoss", "SADCLCriterion"]
+__all__ = ["AsymmetricLoss", "PrototypeContrastiveLoss", "SADCLCriterion", "SampleContrastiveLoss"]
 
 
 def _positive_mask(targets: Tensor) -> Tensor:
@@ -134,17 +134,19 @@ class SampleContrastiveLoss(nn.Module):
         B, V, C, _ = features.shape
         _check_targets(targets, (B, C), "SampleContrastiveLoss")
         with _autocast_off(features.device.type):
-            z = F.normalize(features.to(_compute_dtype(features)), dim=-1)
+            device = features.device
             # Positives in (sample, class) order; nonzero is the one host sync of this loss.
-            sample, cls = _positive_mask(targets).to(z.device).nonzero(as_tuple=True)
-            view = torch.arange(V, device=z.device).repeat_interleave(sample.numel())
+            sample, cls = _positive_mask(targets).to(device).nonzero(as_tuple=True)
+            view = torch.arange(V, device=device).repeat_interleave(sample.numel())
             sample, cls = sample.repeat(V), cls.repeat(V)  # view-major, like the authors' row a = v·B + i
-            emb = z[sample, view, cls]  # [K, D]
+            # Gather first: casting and normalising only the K positives (not all V·B·C rows) is the same
+            # per-row arithmetic and most of the saving at VG-500 scale.
+            emb = F.normalize(features[sample, view, cls].to(_compute_dtype(features)), dim=-1)  # [K, D]
             K = emb.shape[0]
             if K == 0:
                 return emb.sum() * 0.0  # graph-connected zero: backward and DDP still see the inputs
             sim = emb @ emb.t() / self.temperature  # [K, K]
-            eye = torch.eye(K, dtype=torch.bool, device=z.device)
+            eye = torch.eye(K, dtype=torch.bool, device=device)
             pos_pair = (cls[:, None] == cls[None, :]) & ~eye
             n_pos = pos_pair.sum(1).to(sim.dtype)
             if self.official:
@@ -162,8 +164,9 @@ class SampleContrastiveLoss(nn.Module):
     ) -> Tensor:
         """``ω_k · ℓ_k`` of the authors' procedure restricted to the K positive rows (REFERENCE c.2)."""
         s = sim.detach()
-        # Denominator shift: row max over the contrast set with masked entries 0 (so clamped at 0).
-        m_a = s.masked_fill(eye, 0.0).amax(1).clamp(min=0.0)
+        # Denominator shift: row max over the contrast set with the masked entries (here: the diagonal,
+        # the only non-positive in the K rows) at 0, so it is never below 0.
+        m_a = s.masked_fill(eye, 0.0).amax(1)
         # Numerator shift: for the sample-view pair (a, b), the max over classes jointly positive in both
         # of their same-class similarities; the zeros of the non-joint classes clamp it at 0 unless the two
         # samples are jointly positive in all C classes.
@@ -222,7 +225,7 @@ class PrototypeContrastiveLoss(nn.Module):
             dtype = _compute_dtype(embeddings, prototypes)
             s = F.cosine_similarity(embeddings.to(dtype), prototypes.to(dtype)[None], dim=-1, eps=1e-8)
             s = s / self.temperature  # [B, C]
-            s = s - s.amax(0, keepdim=True)  # the authors' per-class shift (exact under logsumexp)
+            s = s - s.detach().amax(0, keepdim=True)  # the authors' per-class shift (exact under logsumexp)
             pos = _positive_mask(targets).to(s.device)
             lse_all = torch.logsumexp(s, dim=0)
             # finfo.min keeps classes without positives finite (their term is then zeroed, gradient 0 not NaN).
@@ -239,7 +242,8 @@ class PrototypeContrastiveLoss(nn.Module):
 class SADCLCriterion(nn.Module):
     """The SADCL objective: ``w_asl·ASL + w_sample·SSCL + w_proto·PSCL`` (recipe weights 1, 100, 50).
 
-    A ``None`` loss module means the default-constructed one. A term is skipped when its weight is 0 or
+    A ``None`` loss module means the default-constructed one (note: ``AsymmetricLoss()`` has the scripts'
+    ``γ− = 4``; the released SADCL run used ``γ− = 0``). A term is skipped when its weight is 0 or
     its inputs are missing: with only ``logits`` (or weights ``(1, 0, 0)``) this is the Query2Label
     baseline. ``forward`` returns the unweighted terms it computed (``"asl"``, ``"sample"``,
     ``"prototype"``) and their weighted sum ``"loss"``.

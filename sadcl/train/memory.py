@@ -9,7 +9,8 @@
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +68,8 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, targets: Tensor, logits: Tensor) -> None:
-        """Overwrite ``bank[b, c] ← embeddings[b, c]`` where ``targets[b, c]`` is 1 and ``σ(logits[b, c]) > threshold``.
+        """Overwrite ``bank[b, c] ← embeddings[b, c]`` where ``targets[b, c]`` is 1 and ``σ(logits[b, c])``
+        exceeds the threshold (strict: exactly the threshold, in the logits' precision, leaves the slot as is).
 
         ``embeddings [B, C, D]`` are the pre-projection decoder outputs (stored detached), ``B <= num_slots``.
         Vectorised with ``torch.where`` on the first ``B`` slots: no host synchronisation.
@@ -158,7 +160,8 @@ def compute_prototypes(
                     )
                 pos = targets.to(device)
                 pos = pos if pos.dtype == torch.bool else pos > 0.5
-                conf = pos & (torch.sigmoid(logits if logits.dtype == torch.float64 else logits.float()) > threshold)
+                prob = torch.sigmoid(logits if logits.dtype == torch.float64 else logits.float())
+                conf = pos & (prob > threshold)
                 h = h.to(acc)
                 sum_all += torch.einsum("bc,bcd->cd", pos.to(acc), h)
                 sum_conf += torch.einsum("bc,bcd->cd", conf.to(acc), h)

@@ -19,8 +19,8 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,21 +30,21 @@ if TYPE_CHECKING:  # torch is only needed by the safetensors helpers; keep `impo
     import torch
 
 __all__ = [
-    "WeightsRecord",
-    "WeightsError",
-    "WeightsTableError",
-    "NoPretrainedWeightsError",
-    "ChecksumError",
-    "WeightsDownloadError",
-    "CheckpointFileError",
     "WEIGHTS_TABLE_PATH",
+    "CheckpointFileError",
+    "ChecksumError",
+    "NoPretrainedWeightsError",
+    "WeightsDownloadError",
+    "WeightsError",
+    "WeightsRecord",
+    "WeightsTableError",
+    "download_checkpoint",
     "load_weights_table",
+    "read_safetensors",
+    "resolve_checkpoint",
+    "save_safetensors",
     "sha256_file",
     "verify_file",
-    "download_checkpoint",
-    "resolve_checkpoint",
-    "read_safetensors",
-    "save_safetensors",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class WeightsRecord:
     def __post_init__(self) -> None:
         for name in ("hf_hub_id", "filename", "sha256"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"field {name!r} must be a string, got {getattr(self, name)!r}")
+                raise TypeError(f"field {name!r} must be a string, got {getattr(self, name)!r}")
         parts = self.hf_hub_id.split("/")
         if len(parts) != 2 or not all(parts):
             raise ValueError(f"field 'hf_hub_id' must look like 'org/name', got {self.hf_hub_id!r}")
@@ -117,7 +117,8 @@ class WeightsRecord:
             raise ValueError(f"field 'filename' must name a .safetensors file, got {self.filename!r}")
         if self.revision is not None and not (isinstance(self.revision, str) and _COMMIT_RE.fullmatch(self.revision)):
             raise ValueError(
-                f"field 'revision' must be a pinned 40-character lower-case hex commit sha or null, got {self.revision!r}"
+                "field 'revision' must be a pinned 40-character lower-case hex commit sha or null, "
+                f"got {self.revision!r}"
             )
         if not _SHA256_RE.fullmatch(self.sha256):
             raise ValueError(f"field 'sha256' must be 64 lower-case hex characters, got {self.sha256!r}")
@@ -170,7 +171,7 @@ def _record_from_json(variant: str, entry: Any, source: Path) -> WeightsRecord |
             )
     try:
         return WeightsRecord(**entry)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise WeightsTableError(f"{where}: {e}") from None
 
 
@@ -211,6 +212,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _tmp_sibling(path: Path) -> Path:
+    """A unique temporary name in the same directory, so that ``os.replace`` onto ``path`` is atomic.
+
+    (Not ``tempfile.mkstemp``: its owner-only permissions would carry over to the final file.)
+    """
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
 _VerifyKey = tuple[str, int, int, str]  # (realpath, size, mtime_ns, expected sha256)
 _verified: set[_VerifyKey] = set()
 _index_lock = threading.Lock()
@@ -237,13 +246,12 @@ def _remember_in_index(index_path: Path, key: _VerifyKey) -> None:
         files[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": key[3]}
         try:
             index_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=index_path.parent, prefix=f".{index_path.name}.", suffix=".tmp")
+            tmp = _tmp_sibling(index_path)
             try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({"schema": _SCHEMA, "files": files}, f, indent=1, sort_keys=True)
+                tmp.write_text(json.dumps({"schema": _SCHEMA, "files": files}, indent=1, sort_keys=True))
                 os.replace(tmp, index_path)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
         except OSError as e:  # read-only cache: verification still works, it is just not remembered
             _logger.debug("could not update the verification index %s: %s", index_path, e)
@@ -345,7 +353,8 @@ def _download_error_message(record: WeightsRecord, variant: str, cache_root: Pat
         return (f"the download of {what} was incomplete (the file is shorter than announced), so nothing was "
                 f"stored in the cache directory {cache_root}. Run again; if it persists, check your proxy. "
                 f"Details: {error}")
-    return f"cannot download {what} from {endpoint} into the cache directory {cache_root}: {type(error).__name__}: {error}"
+    return (f"cannot download {what} from {endpoint} into the cache directory {cache_root}: "
+            f"{type(error).__name__}: {error}")
 
 
 def download_checkpoint(
@@ -455,7 +464,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            state_dict = {name: f.get_tensor(name) for name in f.keys()}
+            state_dict = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     except FileNotFoundError:
         raise CheckpointFileError(f"checkpoint file not found: {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
@@ -476,7 +485,7 @@ def save_safetensors(
     The file is written next to ``path``, flushed to disk, then renamed over it: a crash never
     leaves a half-written checkpoint under the final name.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = dict(metadata or {})
     for key, value in meta.items():
@@ -485,14 +494,15 @@ def save_safetensors(
     tensors = {name: t.detach().contiguous() for name, t in state_dict.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _tmp_sibling(path)
     try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
+        # Serialised in memory and written by us: the file gets the usual permissions (umask), which
+        # safetensors' save_file (owner-only) would not give, and the sha256 needs no second read.
+        data = save(tensors, metadata=meta)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
-        digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -503,4 +513,4 @@ def save_safetensors(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    return digest
+    return hashlib.sha256(data).hexdigest()
