@@ -95,6 +95,145 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train / eval -----------------------------------------------------------------------------------------
+_DATA_FORMATS = ("csv", "coco", "voc", "folder")  # sadcl.train.loop.DATA_FORMATS (not imported: keeps startup light)
+
+
+def _data_args(p: argparse.ArgumentParser, default: Callable[[object], object], training: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=default(None), metavar="PATH",
+                   help="CSV file | COCO instances JSON | VOC root | labels file (see --data-format)")
+    g.add_argument("--images", default=default(None), metavar="DIR",
+                   help="image folder (coco, folder); root of relative paths (csv; default: the CSV's folder)")
+    if training:
+        g.add_argument("--val-data", default=default(None), metavar="PATH", help="validation data, same format")
+        g.add_argument("--val-images", default=default(None), metavar="DIR")
+        g.add_argument("--val-split", default=default(None), help="VOC split of the validation data (default: test)")
+    g.add_argument("--data-format", choices=_DATA_FORMATS, default=default("csv"), help="(default: csv)")
+    g.add_argument("--split", default=default(None),
+                   help=f"VOC split (default: {'trainval' if training else 'test'})")
+    g.add_argument("--voc-year", default=default("2007"), help="VOC year (default: 2007)")
+    if training:  # evaluation data always takes the model's label order
+        g.add_argument("--label-names", default=default(None), metavar="FILE",
+                       help="label-name file fixing the label order (csv, folder)")
+    g.add_argument("--skip-bad", action="store_true", default=default(False), help="drop unreadable images")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    # Options default to "not given" (SUPPRESS): TrainConfig holds the recipe's defaults, and a resumed run
+    # can tell which settings the user tried to change.
+    S = argparse.SUPPRESS
+    _data_args(p, lambda _: S, training=True)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default=S, help="variant to start from (default: sadcl_coco_448; see `sadcl list`)")
+    m.add_argument("--pretrained", action="store_true", default=S, help="start from the variant's published weights")
+    m.add_argument("--checkpoint", default=S, metavar="FILE", help="start from a .safetensors checkpoint")
+    m.add_argument("--pretrained-backbone", action="store_true", default=S,
+                   help="start from an ImageNet backbone only (downloads it through timm)")
+    m.add_argument("--model-arg", dest="model_args", action="append", default=S, metavar="KEY=VALUE",
+                   help="SADCL constructor override, repeatable (e.g. dropout=0)")
+    m.add_argument("--img-size", type=int, default=S, help="training resolution (default: the variant's)")
+    o = p.add_argument_group("objective")
+    o.add_argument("--objective", choices=("sadcl", "asl"), default=S,
+                   help="sadcl: ASL + SSCL + PSCL (default); asl: the Query2Label baseline")
+    o.add_argument("--loss-weights", type=float, nargs=3, default=S, metavar=("ASL", "SSCL", "PSCL"),
+                   help="(default: 1 100 50)")
+    o.add_argument("--gamma-neg", type=float, default=S, help="ASL negative focusing (default: 4)")
+    o.add_argument("--sample-temperature", type=float, default=S, help="SSCL temperature (default: 0.2)")
+    o.add_argument("--prototype-temperature", type=float, default=S, help="PSCL temperature (default: 0.07)")
+    o.add_argument("--official-sample-loss", action="store_true", default=S,
+                   help="the authors' SSCL with its label-mask and shift quirks")
+    o.add_argument("--memory-threshold", type=float, default=S, help="memory-bank update probability (default: 0.8)")
+    o.add_argument("--prototype-threshold", type=float, default=S, help="prototype init probability (default: 0.85)")
+    o.add_argument("--prototype-batches", type=int, default=S, help="batches per process for the prototype init")
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--epochs", type=int, default=S, help="OneCycle length in epochs (default: 80)")
+    t.add_argument("--batch-size", type=int, default=S, help="global batch, split over processes (default: 64)")
+    t.add_argument("--eval-batch-size", type=int, default=S, help="per process (default: the training one)")
+    t.add_argument("--lr", type=float, default=S, help="peak learning rate (default: 5e-5)")
+    t.add_argument("--weight-decay", type=float, default=S, help="(default: 5e-3)")
+    t.add_argument("--ema-decay", type=float, default=S, help="(default: 0.9998)")
+    t.add_argument("--clip-grad", type=float, default=S, help="max gradient norm (default: none)")
+    t.add_argument("--amp", choices=("bf16", "fp16", "none"), default=S, help="CUDA autocast (default: bf16)")
+    t.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S)
+    t.add_argument("--augment", choices=("sadcl", "baseline", "none"), default=S,
+                   help="sadcl: multi-scale crop + flip; baseline: cutout + RandAugment (default: by objective)")
+    t.add_argument("--no-flip", dest="flip", action="store_false", default=S)
+    t.add_argument("--seed", type=int, default=S, help="(default: 1)")
+    t.add_argument("--patience", type=int, default=S, help="early-stopping patience in epochs (default: 8)")
+    t.add_argument("--no-early-stop", dest="patience", action="store_const", const=None, default=S)
+    t.add_argument("--threshold", type=float, default=S, help="score threshold of CP/CR/CF1/OP/OR/OF1 (default: 0.5)")
+    r = p.add_argument_group("run")
+    r.add_argument("--output", dest="output_dir", default=S, help="run folder (default: runs/sadcl)")
+    r.add_argument("--resume", default=S, metavar="RUN", help="continue a run exactly (its folder or last.pt)")
+    r.add_argument("--stop-after-epochs", type=int, default=S, help="end this run after N epochs (resume later)")
+    r.add_argument("--num-workers", type=int, default=S, help="data-loading processes (default: 4)")
+    r.add_argument("--device", default=S, help="cpu, cuda … (default: cuda when available)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", default=S)
+    r.add_argument("--log-interval", type=int, default=S, help="steps between log.jsonl records (default: 50)")
+
+
+def _print_epoch(record: dict) -> None:
+    terms = ", ".join(f"{k} {record[k]:.4g}" for k in ("asl", "sample", "prototype") if record.get(k))
+    line = (f"epoch {record['epoch']}: loss {record['loss']:.4g} ({terms}) | lr {record['lr']:.3g} | "
+            f"{record['img_per_s']:.1f} img/s")
+    if "val" in record:
+        best = record["best"]
+        line += (f" | mAP raw {record['val']['raw']['mAP']:.2f} ema {record['val']['ema']['mAP']:.2f}"
+                 f" | best {best['mAP']:.2f} (epoch {best['epoch']}, {best['source']})")
+    print(line, flush=True)
+
+
+@command("train", "fine-tune SADCL (or the Query2Label baseline) on a multi-label dataset; torchrun for DDP",
+         _train_args)
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.loop import config_from_options, train
+
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    summary = train(config_from_options(options), on_epoch=_print_epoch)
+    if summary["best"] is not None:
+        b = summary["best"]
+        print(f"best mAP {b['mAP']:.2f} at epoch {b['epoch']} ({b['source']})")
+    print(f"weights: {summary['best_weights']}\ntraining checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="variant name (default: the one recorded in --checkpoint)")
+    p.add_argument("--checkpoint", metavar="FILE", help="a .safetensors checkpoint instead of the published weights")
+    _data_args(p, lambda d: d, training=False)
+    p.add_argument("--img-size", type=int, help="evaluation resolution (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
+    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16", help="CUDA autocast (default: bf16)")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold (default: 0.5)")
+    p.add_argument("--output", default="eval.json", help="JSON report (default: %(default)s)")
+
+
+@command("eval", "the paper's metrics (mAP, CP/CR/CF1/OP/OR/OF1, top-3) of a model on a dataset", _eval_args)
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .metrics import format_table
+    from .train.loop import data_specs, evaluate_checkpoint
+
+    if args.data is None:
+        raise ValueError("give the evaluation data with --data (and --data-format if it is not a CSV file)")
+    if args.model is None and args.checkpoint is None:
+        raise ValueError("give --model NAME (published weights) and/or --checkpoint FILE")
+    spec = data_specs(dict(data=args.data, images=args.images, data_format=args.data_format,
+                           val_split=None, split=args.split or ("test" if args.data_format == "voc" else None),
+                           voc_year=args.voc_year, skip_bad=args.skip_bad))["data"]
+    results = evaluate_checkpoint(spec, args.model, args.checkpoint, img_size=args.img_size,
+                                  batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                                  amp=args.amp, threshold=args.threshold)
+    print(format_table(results))
+    clean = json.loads(json.dumps(results, default=str), parse_constant=lambda _: None)  # NaN → null
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(clean, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__

@@ -103,3 +103,14 @@ def hub_offline(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
         _reset_hub_session()
 
     return set_offline
+
+
+# -- upload side (appended for sadcl.zoo.export.push_to_hub) -------------------------------------------------
+from hubupload import HubUploads  # noqa: E402  (after the sys.path insert above)
+
+
+@pytest.fixture
+def hub_uploads(fake_hub: FakeHub) -> HubUploads:
+    """The write API that ``HfApi.create_repo``/``upload_folder`` use, on the running ``fake_hub``
+    (see tests/hubupload.py); pushed files are then downloadable from ``fake_hub``."""
+    return HubUploads(fake_hub).install()

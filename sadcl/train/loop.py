@@ -1,0 +1,1132 @@
+"""Fine-tuning SADCL (and its Query2Label baseline): the recipe's training loop, evaluation and exact resume.
+
+The recipe (REFERENCE d): AdamW (lr 5e-5, weight decay 5e-3, one parameter group of every trainable
+parameter), OneCycleLR stepped every iteration (pct_start 0.2; AdamW's β1 cycles 0.95 → 0.85 → 0.95),
+an EMA of the weights (decay 0.9998) evaluated next to the raw model after every epoch, AMP on CUDA,
+early stopping, and one of two objectives:
+
+* ``objective="sadcl"``: ``ASL + 100·SSCL + 50·PSCL`` with a memory bank (the paper's step 2). Each step:
+  ``h = forward_features(x)``, ``logits = forward_head(h)``, ``z = project(h)``, the second SSCL view is
+  ``project(bank.read(B))`` (the bank is detached: only the projection head gets gradient through it), the
+  prototypes are ``project(model.prototypes)``; then ``bank.update(h, y, logits)``. Before the first step
+  the prototypes are initialised from the training images (eval transform) and the bank from them.
+* ``objective="asl"``: the asymmetric loss alone (the Query2Label baseline, step 1).
+
+Data parallel with ``torchrun`` (gloo on CPU, NCCL on CUDA): ``batch_size`` is the *global* batch; every
+process keeps its own memory bank; the contrastive terms are computed on the embeddings gathered from all
+processes, so ``W`` processes train exactly like one process on the union batch (up to float rounding).
+The output folder receives ``last.pt`` (training checkpoint, every epoch, atomic), ``best.safetensors``
+(publishable weights of the best raw/EMA model), ``log.jsonl`` and ``config.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import (
+    CocoDataset,
+    CSVDataset,
+    FolderDataset,
+    VOCDataset,
+    eval_transform,
+    train_transform,
+)
+from ..metrics import evaluate as compute_metrics
+from ..model import SADCL
+from ..zoo import create_model
+from ..zoo.loading import CONFIG_KEY
+from ..zoo.weights import CheckpointFileError
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    VARIANT_KEY,
+    atomic_torch_save,
+    export_weights,
+    load_training_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from .distributed import (
+    DistInfo,
+    ShardedBatchSampler,
+    ShardSampler,
+    all_gather,
+    all_gather_with_grad,
+    all_reduce,
+    broadcast_object,
+    cleanup_distributed,
+    gather_objects,
+    gather_strided,
+    init_distributed,
+)
+from .ema import ModelEma
+from .losses import AsymmetricLoss, PrototypeContrastiveLoss, SADCLCriterion, SampleContrastiveLoss
+from .memory import MemoryBank, compute_prototypes, init_prototypes_
+
+__all__ = [
+    "DataSpec", "build_dataset", "load_model", "TrainConfig", "Trainer", "train", "EarlyStopping",
+    "NonFiniteLossError", "predict_scores", "evaluate_model", "evaluate_checkpoint", "config_from_options",
+    "data_specs", "parse_model_args", "DATA_FORMATS", "DATA_OPTIONS", "LOGGED_METRICS",
+]
+
+DATA_FORMATS = ("csv", "coco", "voc", "folder")
+# The paper's table columns (plus sklearn-convention mAP), logged each epoch; per-class AP stays out of the log.
+LOGGED_METRICS = ("mAP", "mAP_sklearn", "CP", "CR", "CF1", "OP", "OR", "OF1",
+                  "CP_top3", "CR_top3", "CF1_top3", "OP_top3", "OR_top3", "OF1_top3")
+TERMS = ("loss", "asl", "sample", "prototype")  # logged loss terms: weighted total, then the unweighted terms
+_CONSTRUCTOR_KEYS = tuple(p for p in inspect.signature(SADCL.__init__).parameters if p != "self")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite: the run stops, and the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class DataSpec:
+    """Where a multi-label dataset lives.
+
+    ``format``: ``csv`` (``path`` = CSV file, ``images`` = image root, default the CSV's folder),
+    ``coco`` (``path`` = ``instances_*.json``, ``images`` = image folder), ``voc`` (``path`` = a VOC root,
+    ``split`` default ``trainval``, ``year``), ``folder`` (``path`` = labels file, ``images`` = image folder).
+    ``label_names``: a label-name file fixing the label order (csv/folder). ``skip_bad`` drops unreadable images.
+    """
+
+    path: str
+    format: str = "csv"
+    images: str | None = None
+    split: str | None = None
+    year: str = "2007"
+    label_names: str | None = None
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        self.path = os.fspath(self.path)
+        self.images = None if self.images is None else os.fspath(self.images)
+        if self.format not in DATA_FORMATS:
+            raise ValueError(f"data format must be one of {', '.join(DATA_FORMATS)}, got {self.format!r}")
+        if self.format in ("coco", "folder") and self.images is None:
+            what = "the COCO image folder" if self.format == "coco" else "the image folder"
+            raise ValueError(f"{self.format} data at {self.path} needs {what} (--images / DataSpec.images)")
+
+
+def build_dataset(spec: DataSpec, transform: Any = None, label_names: Sequence[str] | None = None) -> Dataset:
+    """The dataset ``spec`` describes, with ``transform``. ``label_names`` fixes the label order (csv/folder:
+    a label outside it is an error naming the row; coco/voc have fixed label sets)."""
+    names: Any = list(label_names) if label_names is not None else spec.label_names
+    if spec.format == "csv":
+        return CSVDataset(spec.path, image_root=spec.images, label_names=names, transform=transform,
+                          skip_bad=spec.skip_bad)
+    if spec.format == "coco":
+        return CocoDataset(spec.path, spec.images, transform=transform, skip_bad=spec.skip_bad)
+    if spec.format == "voc":
+        return VOCDataset(spec.path, split=spec.split or "trainval", year=spec.year, transform=transform,
+                          skip_bad=spec.skip_bad)
+    return FolderDataset(spec.images, spec.path, transform=transform, skip_bad=spec.skip_bad, label_names=names)
+
+
+def _label_order(dataset_names: Sequence[str], model_names: Sequence[str], what: str) -> list[int] | None:
+    """Column ``i`` of the dataset is model output ``order[i]`` (``None`` when the orders already agree)."""
+    dataset_names, model_names = list(dataset_names), list(model_names)
+    if dataset_names == model_names:
+        return None
+    missing = [n for n in dataset_names if n not in model_names]
+    extra = [n for n in model_names if n not in dataset_names]
+    if missing or extra:
+        raise ValueError(
+            f"{what}: its labels do not match the model's ({len(dataset_names)} vs {len(model_names)}); "
+            f"labels the model lacks: {missing[:10]}; model labels absent from the data: {extra[:10]}"
+        )
+    index = {n: i for i, n in enumerate(model_names)}
+    return [index[n] for n in dataset_names]
+
+
+def _with_transform(dataset: Dataset, transform: Any, what: str) -> Dataset:
+    """A shallow copy of ``dataset`` using ``transform`` (datasets here keep it in ``.transform``)."""
+    if not hasattr(dataset, "transform"):
+        warnings.warn(f"{what}: {type(dataset).__name__} has no `transform` attribute; using it as given",
+                      stacklevel=3)
+        return dataset
+    out = copy.copy(dataset)
+    out.transform = transform
+    return out
+
+
+# ----------------------------------------------------------------------------- models
+def read_checkpoint_header(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a safetensors file (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except FileNotFoundError:
+        raise CheckpointFileError(f"checkpoint file not found: {path}") from None
+    except Exception as e:
+        raise CheckpointFileError(
+            f"{path} is not a valid safetensors file ({e}); pass weights exported by sadcl (e.g. a run's "
+            "best.safetensors); a training checkpoint last.pt is resumed with --resume instead"
+        ) from e
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    label_names: Sequence[str] | None = None,
+    **overrides: Any,
+) -> SADCL:
+    """Build variant ``name`` with its published weights (``pretrained``), a local ``checkpoint``
+    (safetensors; its stored architecture and label set are used, and its variant when ``name`` is None),
+    or neither. ``label_names`` different from the weights' re-initialise only the label-specific
+    parameters (queries, classifier, prototypes); ``overrides`` are SADCL constructor keywords."""
+    kwargs: dict[str, Any] = {}
+    if checkpoint is not None:
+        header = read_checkpoint_header(checkpoint)
+        name = name or header.get(VARIANT_KEY)
+        if CONFIG_KEY in header:
+            stored = json.loads(header[CONFIG_KEY])
+            kwargs.update({k: v for k, v in stored.items() if k in _CONSTRUCTOR_KEYS})
+    if name is None:
+        raise ValueError(
+            f"no model name given and {checkpoint} does not record its variant; pass --model (see `sadcl list`)"
+        )
+    kwargs.update(overrides)
+    if label_names is not None:
+        kwargs["label_names"] = list(label_names)
+        kwargs.pop("num_classes", None)
+    return create_model(name, pretrained=pretrained, checkpoint_path=checkpoint, **kwargs)
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    """Everything that defines a fine-tuning run (defaults: the authors' recipe, REFERENCE d).
+
+    Model: ``model`` (variant name), ``pretrained`` (its published weights), ``checkpoint`` (local
+    safetensors), ``pretrained_backbone`` (ImageNet trunk only), ``model_args`` (SADCL constructor
+    overrides, e.g. ``dropout``), ``img_size``. The label set always comes from the training data.
+    Objective: ``objective`` ``"sadcl"`` | ``"asl"``; ``loss_weights`` (ASL, SSCL, PSCL);
+    ``gamma_neg``/``gamma_pos``/``asl_clip``/``asl_eps`` (the recipe script uses γ− = 4, the released SADCL
+    run used 0); ``sample_temperature``, ``prototype_temperature``; ``official_sample_loss`` (the authors'
+    SSCL with its quirks); ``memory_threshold`` (bank update), ``prototype_threshold`` and
+    ``prototype_batches`` (prototype initialisation, batches per process).
+    Optimisation: ``epochs`` (OneCycle length), ``batch_size`` (global, split over processes), ``lr``,
+    ``weight_decay``, ``pct_start``, ``ema_decay``, ``clip_grad`` (max gradient norm), ``amp``
+    (``"bf16"`` | ``"fp16"`` (with a GradScaler) | ``"none"``; CUDA only), ``channels_last`` (CUDA only),
+    ``augment`` (``"sadcl"``: multi-scale crop + flip; ``"baseline"``: cutout + RandAugment; ``"none"``;
+    default by objective), ``flip``, ``seed`` (process ``r`` uses ``seed + r``), ``patience`` (early
+    stopping as the authors, None disables), ``threshold`` (of CP/CR/…).
+    Run: ``output_dir``, ``resume`` (a ``last.pt`` or run folder), ``stop_after_epochs`` (end this run
+    early, to resume later: the schedule still spans ``epochs``), ``num_workers``, ``device``,
+    ``progress`` (None: when stderr is a terminal), ``log_interval`` (steps between log records and
+    finiteness checks), ``dist_url`` (process-group init method, default ``env://``).
+    """
+
+    data: DataSpec | None = None
+    val_data: DataSpec | None = None
+    output_dir: str = "runs/sadcl"
+    # model
+    model: str = "sadcl_coco_448"
+    pretrained: bool = False
+    checkpoint: str | None = None
+    pretrained_backbone: bool = False
+    model_args: dict[str, Any] = field(default_factory=dict)
+    img_size: int | None = None
+    # objective
+    objective: str = "sadcl"
+    loss_weights: tuple[float, float, float] = (1.0, 100.0, 50.0)
+    gamma_neg: float = 4.0
+    gamma_pos: float = 0.0
+    asl_clip: float = 0.0
+    asl_eps: float = 1e-5
+    sample_temperature: float = 0.2
+    prototype_temperature: float = 0.07
+    official_sample_loss: bool = False
+    memory_threshold: float = 0.8
+    prototype_threshold: float = 0.85
+    prototype_batches: int | None = None
+    # optimisation
+    epochs: int = 80
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    lr: float = 5e-5
+    weight_decay: float = 5e-3
+    pct_start: float = 0.2
+    ema_decay: float = 0.9998
+    clip_grad: float | None = None
+    amp: str = "bf16"
+    channels_last: bool = True
+    augment: str | None = None
+    flip: bool = True
+    seed: int = 1
+    patience: int | None = 8
+    threshold: float = 0.5
+    # run
+    resume: str | None = None
+    stop_after_epochs: int | None = None
+    num_workers: int = 4
+    device: str | None = None
+    progress: bool | None = None
+    log_interval: int = 50
+    dist_url: str | None = None
+
+    # Settings that shape the trajectory: a resumed run must keep them to continue exactly.
+    TRAJECTORY_KEYS = (
+        "objective", "loss_weights", "gamma_neg", "gamma_pos", "asl_clip", "asl_eps", "sample_temperature",
+        "prototype_temperature", "official_sample_loss", "memory_threshold", "epochs", "batch_size", "lr",
+        "weight_decay", "pct_start", "ema_decay", "clip_grad", "amp", "augment", "flip", "seed", "img_size",
+    )
+    RUNTIME_KEYS = ("data", "val_data", "output_dir", "resume", "stop_after_epochs", "num_workers", "device",
+                    "progress", "log_interval", "dist_url", "patience", "threshold", "eval_batch_size")
+
+    def __post_init__(self) -> None:
+        for key in ("data", "val_data"):
+            value = getattr(self, key)
+            if isinstance(value, Mapping):
+                setattr(self, key, DataSpec(**value))
+        self.output_dir = os.fspath(self.output_dir)
+        self.loss_weights = tuple(float(w) for w in self.loss_weights)  # type: ignore[assignment]
+        if self.augment is None:
+            self.augment = "sadcl" if self.objective == "sadcl" else "baseline"
+        checks = [
+            (self.objective in ("sadcl", "asl"), f"objective must be 'sadcl' or 'asl', got {self.objective!r}"),
+            (self.amp in ("bf16", "fp16", "none"), f"amp must be 'bf16', 'fp16' or 'none', got {self.amp!r}"),
+            (self.augment in ("sadcl", "baseline", "none"),
+             f"augment must be 'sadcl', 'baseline' or 'none', got {self.augment!r}"),
+            (len(self.loss_weights) == 3 and min(self.loss_weights) >= 0,
+             f"loss_weights must be three non-negative numbers (ASL, SSCL, PSCL), got {self.loss_weights}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0 < self.pct_start < 1, f"pct_start must lie in (0, 1), got {self.pct_start}"),
+            (0 <= self.ema_decay <= 1, f"ema_decay must lie in [0, 1], got {self.ema_decay}"),
+            (self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}"),
+            (self.patience is None or self.patience >= 0, f"patience must be >= 0 or None, got {self.patience}"),
+            (self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}"),
+            (self.stop_after_epochs is None or self.stop_after_epochs >= 1,
+             f"stop_after_epochs must be >= 1 or None, got {self.stop_after_epochs}"),
+            (not (self.pretrained and self.checkpoint), "give either pretrained=True or checkpoint=..., not both"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **runtime: Any) -> "TrainConfig":
+        """The configuration a training checkpoint was written with, set to resume from it; ``runtime``
+        may change only settings that do not affect the trajectory (:attr:`RUNTIME_KEYS`)."""
+        ckpt_path = Path(path) / "last.pt" if Path(path).is_dir() else Path(path)
+        stored = dict(load_training_checkpoint(ckpt_path)["config"])
+        bad = sorted(k for k in runtime if k not in cls.RUNTIME_KEYS)
+        if bad:
+            raise ValueError(f"only run settings {cls.RUNTIME_KEYS} can change on resume, not {bad}")
+        stored["output_dir"] = os.fspath(ckpt_path.parent)  # continue in the run's folder unless told otherwise
+        stored.update(runtime)
+        stored["resume"] = os.fspath(ckpt_path)
+        return cls.from_dict(stored)
+
+
+# ----------------------------------------------------------------------------- early stopping
+@dataclass
+class EarlyStopping:
+    """Best-model bookkeeping and the authors' early-stopping rule (REFERENCE d.1).
+
+    After epoch ``e`` with raw mAP ``r`` and EMA mAP ``m``: the best is ``max(r, m)`` over epochs (EMA wins
+    ties). Stop when ``e − max(best_epoch, best_raw_epoch) > patience`` and ``m`` is below the best EMA mAP.
+    ``patience=None`` never stops.
+    """
+
+    patience: int | None = 8
+    best: float = -math.inf
+    best_epoch: int = -1
+    best_source: str = ""
+    best_raw: float = -math.inf
+    best_raw_epoch: int = -1
+    best_ema: float = -math.inf
+    best_ema_epoch: int = -1
+
+    def update(self, epoch: int, raw: float, ema: float) -> str | None:
+        """Record an epoch; returns ``"ema"`` or ``"raw"`` when it set a new overall best, else None."""
+        if raw > self.best_raw:
+            self.best_raw, self.best_raw_epoch = raw, epoch
+        if ema > self.best_ema:
+            self.best_ema, self.best_ema_epoch = ema, epoch
+        source, value = ("ema", ema) if ema >= raw else ("raw", raw)
+        if value > self.best:
+            self.best, self.best_epoch, self.best_source = value, epoch, source
+            return source
+        return None
+
+    def should_stop(self, epoch: int, ema: float) -> bool:
+        if self.patience is None or self.best_epoch < 0:
+            return False
+        return epoch - max(self.best_epoch, self.best_raw_epoch) > self.patience and ema < self.best_ema
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            if key != "patience":  # patience is a run setting: the resumed run's value applies
+                setattr(self, key, value)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def predict_scores(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Sigmoid scores ``[N, C]`` (float32) and targets of every batch of ``loader``, on ``device``;
+    the model runs in eval mode and gets its training mode back afterwards."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    scores: list[Tensor] = []
+    targets: list[Tensor] = []
+    try:
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp_dtype):
+                logits = model(x)
+            scores.append(torch.sigmoid(logits.float()))
+            targets.append(y.to(device, torch.float32))
+    finally:
+        model.train(was_training)
+    if not scores:  # an empty shard (fewer images than processes)
+        c = getattr(model, "num_classes", 0)
+        return torch.zeros(0, c, device=device), torch.zeros(0, c, device=device)
+    return torch.cat(scores), torch.cat(targets)
+
+
+def _eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool, info: DistInfo) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), info.rank, info.world_size),
+                      num_workers=num_workers, pin_memory=pin)
+
+
+def _metrics(scores: Tensor, targets: Tensor, order: list[int] | None, label_names: Sequence[str],
+             threshold: float, quiet: bool) -> dict[str, Any]:
+    if order is not None:
+        scores = scores[:, order]
+    with warnings.catch_warnings():
+        if quiet:  # every process computes the same metrics; only rank 0 speaks
+            warnings.simplefilter("ignore")
+        return compute_metrics(scores.cpu().numpy(), targets.cpu().numpy(), threshold=threshold,
+                               label_names=list(label_names))
+
+
+def evaluate_model(
+    model: SADCL,
+    dataset: Dataset,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    device: str | torch.device | None = None,
+    amp: str = "bf16",
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """The paper's metrics (:func:`sadcl.metrics.evaluate`) of ``model`` on ``dataset``.
+
+    The dataset's labels must be the model's (any order). Under ``torchrun`` each process scores a shard
+    and exactly ``len(dataset)`` rows are gathered (no padding duplicates).
+    """
+    info = init_distributed(_device_type(device))
+    try:
+        dev = _resolve_device(device, info)
+        model.to(dev)
+        names = list(getattr(dataset, "label_names"))
+        order = _label_order(names, model.label_names, f"dataset {dataset!r}")
+        loader = _eval_loader(dataset, batch_size, num_workers, dev.type == "cuda", info)
+        scores, targets = predict_scores(model, loader, device=dev, amp_dtype=_amp_dtype(amp, dev))
+        scores, targets = gather_strided(scores, len(dataset)), gather_strided(targets, len(dataset))
+        return _metrics(scores, targets, order, names, threshold, quiet=not info.is_main)
+    finally:
+        cleanup_distributed(info)
+
+
+def _device_type(device: str | torch.device | None) -> str:
+    if device is not None:
+        return torch.device(device).type
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve_device(device: str | torch.device | None, info: DistInfo) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", info.local_rank if info.world_size > 1 else torch.cuda.current_device())
+    return dev
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16/fp16 on CUDA, none elsewhere (CPU autocast would only slow the recipe down)."""
+    if device.type != "cuda" or amp == "none":
+        return None
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        warnings.warn("this GPU has no bfloat16 support: using float16 autocast with a GradScaler instead",
+                      stacklevel=3)
+        return torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# ----------------------------------------------------------------------------- training
+class _TrainForward(nn.Module):
+    """One training forward of SADCL as a module, so DDP sees (and synchronises) every parameter it uses."""
+
+    def __init__(self, model: SADCL, project: bool, prototypes: bool) -> None:
+        super().__init__()
+        self.model, self.project, self.prototypes = model, project, prototypes
+
+    def forward(self, x: Tensor, bank: Tensor | None = None) -> tuple[Tensor, ...]:
+        h = self.model.forward_features(x)
+        logits = self.model.forward_head(h)
+        if not self.project:
+            return h, logits
+        z = self.model.project(h)
+        bank_z = self.model.project(bank) if bank is not None else None
+        protos_z = self.model.project(self.model.prototypes) if self.prototypes else None
+        return h, logits, z, bank_z, protos_z
+
+
+class _CountPositives:
+    """Wraps a loader, counting positive labels per class (what a shard contributes to prototype means)."""
+
+    def __init__(self, loader: Iterable[Any], num_classes: int, max_batches: int | None) -> None:
+        self.loader, self.max_batches = loader, max_batches
+        self.counts = torch.zeros(num_classes, dtype=torch.float64)
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, (x, y) in enumerate(self.loader):
+            if self.max_batches is not None and i >= self.max_batches:
+                return
+            self.counts += (y > 0.5).sum(0).to(torch.float64)
+            yield x, y
+
+
+class Trainer:
+    """Fine-tunes a SADCL model with the recipe (see the module docstring); :meth:`fit` runs it.
+
+    Datasets and the model come from ``config`` unless given: ``train_dataset``/``val_dataset`` are used
+    with their own transforms (``prototype_dataset`` defaults to a copy of the training set with the eval
+    transform); a given ``model`` is trained in place. ``on_epoch`` is called on rank 0 with each epoch's
+    log record (losses, lr, throughput, validation metrics, best so far). With ``objective="asl"`` the projection head and the
+    prototypes are frozen (they take no part in the loss).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        model: SADCL | None = None,
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+        prototype_dataset: Dataset | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = cfg = config
+        self.on_epoch = on_epoch
+        ckpt = load_training_checkpoint(cfg.resume) if cfg.resume else None
+        if ckpt is not None:
+            self._check_resumable(ckpt)
+        self.dist = init_distributed(_device_type(cfg.device), cfg.dist_url)
+        try:
+            self._setup(ckpt, model, train_dataset, val_dataset, prototype_dataset)
+        except BaseException:
+            cleanup_distributed(self.dist)
+            raise
+
+    # -- setup ----------------------------------------------------------------------------------------
+    def _check_resumable(self, ckpt: Mapping[str, Any]) -> None:
+        stored = ckpt["config"]
+        now = self.config.to_dict()
+        diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {now[k]!r}" for k in TrainConfig.TRAJECTORY_KEYS
+                 if _normalise(stored.get(k)) != _normalise(now[k])]
+        if diffs:
+            raise ValueError(
+                f"cannot resume {self.config.resume} exactly: these settings differ from the checkpoint's: "
+                + "; ".join(diffs) + ". Use TrainConfig.from_checkpoint (the CLI does) to keep them."
+            )
+
+    def _setup(self, ckpt, model, train_dataset, val_dataset, prototype_dataset) -> None:
+        cfg, info = self.config, self.dist
+        self.device = _resolve_device(cfg.device, info)
+        self.is_main = info.is_main
+        self.out = Path(cfg.output_dir)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.batch_size % info.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} (global) is not divisible by the {info.world_size} "
+                             "processes; pick a multiple")
+        self.local_batch = cfg.batch_size // info.world_size
+        _seed_everything(cfg.seed)  # the same model initialisation in every process
+
+        # Data: the label set comes from the training data.
+        built_here = train_dataset is None
+        if built_here:
+            if cfg.data is None:
+                raise ValueError("no training data: set TrainConfig.data (sadcl train --data) or pass train_dataset")
+            train_dataset = build_dataset(cfg.data, None)
+        label_names = list(getattr(train_dataset, "label_names"))
+        self.model = self._build_model(model, label_names, ckpt)
+        pcfg = self.model.pretrained_cfg
+        size = self.model.config["img_size"]
+        norm = dict(mean=pcfg.get("mean", (0.485, 0.456, 0.406)), std=pcfg.get("std", (0.229, 0.224, 0.225)),
+                    interpolation=pcfg.get("interpolation", "bilinear"))
+        self.eval_tf = eval_transform(size, **norm)
+        if built_here:  # datasets passed in keep their own transforms
+            train_dataset.transform = (self.eval_tf if cfg.augment == "none"
+                                       else train_transform(size, cfg.augment, flip=cfg.flip, **norm))
+        if val_dataset is None and cfg.val_data is not None:
+            val_dataset = build_dataset(cfg.val_data, self.eval_tf, label_names=label_names)
+        self.train_set, self.val_set = train_dataset, val_dataset
+        self.val_order = None
+        if val_dataset is not None:
+            self.val_order = _label_order(list(getattr(val_dataset, "label_names")), label_names,
+                                          "validation data")
+        self.proto_set = prototype_dataset
+
+        # Objective and what trains.
+        self.sadcl = cfg.objective == "sadcl"
+        w_asl, w_sample, w_proto = cfg.loss_weights if self.sadcl else (cfg.loss_weights[0], 0.0, 0.0)
+        self.use_bank = self.sadcl and w_sample > 0
+        project = self.sadcl and (w_sample > 0 or w_proto > 0)
+        if not project:
+            self.model.proj_head.requires_grad_(False)
+        if not (self.sadcl and w_proto > 0):
+            self.model.prototypes.requires_grad_(False)
+        self.criterion = SADCLCriterion(
+            AsymmetricLoss(cfg.gamma_neg, cfg.gamma_pos, cfg.asl_clip, cfg.asl_eps),
+            SampleContrastiveLoss(cfg.sample_temperature, official=cfg.official_sample_loss),
+            PrototypeContrastiveLoss(cfg.prototype_temperature),
+            weights=(w_asl, w_sample, w_proto),
+        )
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.channels_last = cfg.channels_last and self.device.type == "cuda"
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        pin = self.device.type == "cuda"
+        eval_bs = cfg.eval_batch_size or self.local_batch
+
+        if self.sadcl and ckpt is None:
+            self._init_prototypes(eval_bs, pin)
+        self.bank = None
+        if self.use_bank:
+            self.bank = MemoryBank(self.local_batch, self.model.num_classes, self.model.hidden_dim,
+                                   threshold=cfg.memory_threshold).to(self.device)
+            self.bank.init_from_prototypes(self.model.prototypes)
+
+        fwd = _TrainForward(self.model, project, self.sadcl and w_proto > 0)
+        if info.world_size > 1:
+            # Buffers (frozen BN statistics) never change: no per-step broadcast. Banks stay per process.
+            fwd = DistributedDataParallel(fwd, device_ids=[self.device.index] if pin else None,
+                                          broadcast_buffers=False)
+        self.forward_module = fwd
+        self.ema = ModelEma(self.model, cfg.ema_decay)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        self.train_sampler = ShardedBatchSampler(len(train_dataset), self.local_batch, rank=info.rank,
+                                                 world_size=info.world_size, seed=cfg.seed)
+        self.train_loader = DataLoader(train_dataset, batch_sampler=self.train_sampler,
+                                       num_workers=cfg.num_workers, pin_memory=pin)
+        self.val_loader = (None if val_dataset is None else
+                           _eval_loader(val_dataset, eval_bs, cfg.num_workers, pin, info))
+        self.steps_per_epoch = len(self.train_sampler)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
+            pct_start=cfg.pct_start, cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.tracker = EarlyStopping(cfg.patience)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch, self.global_step = 0, 0
+        if ckpt is not None:
+            self._load_state(ckpt)  # restores the RNG states last
+        else:
+            _seed_everything(cfg.seed + info.rank)  # per-process dropout / augmentation streams
+            if self.is_main:
+                (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
+        self._epochs_done = self.start_epoch  # epochs with a checkpoint on disk
+        self._metrics_warned = False
+
+    def _build_model(self, model: SADCL | None, label_names: list[str], ckpt: Mapping[str, Any] | None) -> SADCL:
+        cfg = self.config
+        if ckpt is not None:
+            stored = dict(ckpt["model_config"])
+            if stored.get("label_names") != label_names:
+                raise ValueError(f"the training data's labels differ from the checkpoint's ({cfg.resume}); "
+                                 "resume with the same data")
+            if model is None:
+                model = create_model(cfg.model, **{k: v for k, v in stored.items() if k in _CONSTRUCTOR_KEYS})
+            return model
+        if model is not None:
+            if model.label_names != label_names:
+                raise ValueError(f"the model's labels {model.label_names[:5]}… differ from the training data's "
+                                 f"{label_names[:5]}…; call model.reset_classifier(len(names), names) first")
+            return model
+        overrides = dict(cfg.model_args)
+        if cfg.img_size is not None:
+            overrides["img_size"] = cfg.img_size
+        if not (cfg.pretrained or cfg.checkpoint):
+            overrides["pretrained_backbone"] = cfg.pretrained_backbone
+        return load_model(cfg.model, checkpoint=cfg.checkpoint, pretrained=cfg.pretrained,
+                          label_names=label_names, **overrides)
+
+    def _init_prototypes(self, batch_size: int, pin: bool) -> None:
+        """Prototypes = mean embedding of confidently predicted positives (eval transform), over all processes."""
+        cfg, info = self.config, self.dist
+        dataset = self.proto_set if self.proto_set is not None else _with_transform(
+            self.train_set, self.eval_tf, "prototype initialisation")
+        loader = _eval_loader(dataset, batch_size, cfg.num_workers, pin, info)
+        kwargs = dict(threshold=cfg.prototype_threshold, device=self.device)
+        if info.world_size == 1:
+            counts = init_prototypes_(self.model, loader, max_batches=cfg.prototype_batches, **kwargs)
+        else:
+            # Each process averages its shard; the shard means are combined weighted by their counts,
+            # which gives the global means (confident positives, else all positives, else unchanged).
+            counting = _CountPositives(loader, self.model.num_classes, cfg.prototype_batches)
+            protos, n_conf = compute_prototypes(self.model, counting, **kwargs)
+            p64, n_conf = protos.to(torch.float64), n_conf.to(torch.float64)
+            n_all = counting.counts.to(self.device)
+            sums = torch.stack([p64 * n_conf[:, None], p64 * n_all[:, None]])
+            counts2 = torch.stack([n_conf, n_all])
+            all_reduce(sums), all_reduce(counts2)
+            current = self.model.prototypes.detach().to(torch.float64)
+            merged = torch.where((counts2[0] > 0)[:, None], sums[0] / counts2[0].clamp(min=1)[:, None],
+                                 torch.where((counts2[1] > 0)[:, None], sums[1] / counts2[1].clamp(min=1)[:, None],
+                                             current))
+            with torch.no_grad():
+                self.model.prototypes.copy_(merged.to(self.model.prototypes.dtype))
+            counts = counts2[0].long()
+        self._log({"event": "prototypes", "classes_with_confident_positives": int((counts > 0).sum()),
+                   "num_classes": self.model.num_classes, "threshold": cfg.prototype_threshold})
+
+    def _load_state(self, ckpt: Mapping[str, Any]) -> None:
+        info = self.dist
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.tracker.load_state_dict(ckpt["tracker"])
+        self.history = list(ckpt.get("history", []))
+        self.start_epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
+        saved_world = int(ckpt["world_size"])
+        exact = saved_world == info.world_size
+        if self.bank is not None:
+            # The banks side by side are one global bank whose slot i pairs with position i of the global
+            # batch (ShardedBatchSampler), so they can be re-cut for another number of processes.
+            bank = torch.cat(list(ckpt["banks"]), 0)
+            rows = slice(info.rank * self.local_batch, (info.rank + 1) * self.local_batch)
+            self.bank.bank.copy_(bank[rows])
+        if not exact:
+            warnings.warn(f"resuming a {saved_world}-process run with {info.world_size} processes: banks are "
+                          "re-split, but per-process random streams differ, so the run is not bit-exact",
+                          stacklevel=3)
+        rngs = ckpt["rng"]
+        if info.rank < len(rngs):
+            set_rng_state(rngs[info.rank])
+        else:
+            _seed_everything(self.config.seed + info.rank + 1000 * self.start_epoch)
+
+    # -- logging --------------------------------------------------------------------------------------
+    def _log(self, record: Mapping[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+
+    def _progress(self, epoch: int):
+        enabled = self.config.progress
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
+                    leave=False, disable=not (enabled and self.is_main))
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def _losses(self, logits: Tensor, y: Tensor, z: Tensor | None, bank_z: Tensor | None,
+                protos_z: Tensor | None) -> dict[str, Tensor]:
+        """ASL on this process's batch; SSCL/PSCL on the global batch (embeddings gathered from all processes)."""
+        crit = self.criterion
+        w_asl, w_sample, w_proto = crit.weights
+        terms: dict[str, Tensor] = {"asl": crit.asl(logits, y)}
+        if z is not None:
+            y_all = all_gather(y)
+            if bank_z is not None:
+                views = all_gather_with_grad(torch.stack([z, bank_z], 1))  # [B_global, 2, C, P]
+                terms["sample"] = crit.sample(views, y_all)
+                z_all = views[:, 0]
+            else:
+                z_all = all_gather_with_grad(z)
+            if protos_z is not None:
+                terms["prototype"] = crit.prototype(z_all, protos_z, y_all)
+        weight = {"asl": w_asl, "sample": w_sample, "prototype": w_proto}
+        terms["loss"] = sum(weight[k] * v for k, v in terms.items())
+        return terms
+
+    def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        cfg = self.config
+        with _autocast(self.device, self.amp_dtype):
+            bank_h = self.bank.read(x.shape[0]) if self.bank is not None else None
+            out = self.forward_module(x, bank_h)
+            h, logits = out[0], out[1]
+            z, bank_z, protos_z = out[2:] if len(out) == 5 else (None, None, None)
+            terms = self._losses(logits, y, z, bank_z, protos_z)
+        if self.bank is not None:
+            self.bank.update(h.detach(), y, logits.detach())  # detached: before or after backward is the same
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return terms
+
+    # -- one epoch --------------------------------------------------------------------------------------
+    def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        """Trains one epoch. Loss values stay on the device: they are summed there and their finiteness
+        is tracked there (the first bad step and its terms), and read back only every ``log_interval``
+        steps and at the end of the epoch (one host synchronisation each), never once per step."""
+        cfg, dev = self.config, self.device
+        self.model.train()
+        self.train_sampler.set_epoch(epoch)
+        window = torch.zeros(len(TERMS), device=dev)
+        first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        bad_terms = torch.zeros(len(TERMS), dtype=torch.bool, device=dev)
+        zero = torch.zeros((), device=dev)
+        totals = dict.fromkeys(TERMS, 0.0)
+        seen, window_steps = 0, 0
+        images_per_step = self.local_batch * self.dist.world_size
+        t_epoch = t_window = time.perf_counter()
+        bar = self._progress(epoch)
+        try:
+            for i, (x, y) in enumerate(self.train_loader):
+                x = x.to(dev, non_blocking=True)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = y.to(dev, torch.float32, non_blocking=True)
+                terms = self._step(x, y)
+                values = torch.stack([terms.get(k, zero).detach().float() for k in TERMS])
+                finite = torch.isfinite(values)
+                newly_bad = (first_bad < 0) & ~finite.all()
+                first_bad = torch.where(newly_bad, i, first_bad)
+                bad_terms = torch.where(newly_bad, ~finite, bad_terms)
+                window += values
+                self.global_step += 1
+                window_steps += 1
+                bar.update(1)
+                if window_steps == cfg.log_interval or i + 1 == self.steps_per_epoch:
+                    means = self._check_window(epoch, window, window_steps, first_bad, bad_terms)
+                    seen += window_steps
+                    for k in TERMS:
+                        totals[k] += means[k] * window_steps
+                    now = time.perf_counter()
+                    record = {"event": "step", "epoch": epoch, "step": i + 1, "global_step": self.global_step,
+                              "lr": self.scheduler.get_last_lr()[0], **means,
+                              "img_per_s": window_steps * images_per_step / max(now - t_window, 1e-9)}
+                    self._log(record)
+                    bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{record['lr']:.3g}")
+                    window.zero_()
+                    window_steps, t_window = 0, now
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t_epoch
+        return {**{k: totals[k] / max(seen, 1) for k in TERMS}, "lr": self.scheduler.get_last_lr()[0],
+                "img_per_s": seen * images_per_step / max(elapsed, 1e-9), "train_time_s": elapsed}
+
+    def _check_window(self, epoch: int, window: Tensor, steps: int, first_bad: Tensor,
+                      bad_terms: Tensor) -> dict[str, float]:
+        """Mean loss terms of the window over all processes; raises :class:`NonFiniteLossError` (on every
+        process alike) when a term was NaN/inf at some step of this epoch."""
+        bad_step = torch.where(first_bad < 0, torch.full_like(first_bad, 2**62), first_bad)
+        all_reduce(window), all_reduce(bad_step, "min")
+        flags = all_reduce(bad_terms.to(torch.int32), "max")
+        means = (window / (steps * self.dist.world_size)).tolist()
+        bad = int(bad_step.item())
+        if bad < 2**62:
+            which = [k for k, f in zip(TERMS, flags.tolist()) if f and k != "loss"] or ["loss"]
+            global_step = epoch * self.steps_per_epoch + bad
+            last = self.out / "last.pt"
+            kept = (f"the last good checkpoint {last} (written after epoch {self._epochs_done - 1}) is kept"
+                    if self._epochs_done > 0 and last.exists() else "no checkpoint had been written yet")
+            message = (f"non-finite loss at epoch {epoch}, step {bad} (0-based; global step {global_step}): "
+                       f"term(s) {', '.join(which)} became NaN or infinite; training stopped and {kept}. "
+                       "Lower the learning rate (--lr), clip gradients (--clip-grad), or train in bf16/fp32.")
+            self._log({"event": "nonfinite", "epoch": epoch, "step": bad, "global_step": global_step,
+                       "terms": which})
+            raise NonFiniteLossError(message)
+        return dict(zip(TERMS, means))
+
+    # -- evaluation and checkpoints --------------------------------------------------------------------
+    def _validate(self) -> dict[str, dict[str, Any]] | None:
+        if self.val_loader is None:
+            return None
+        n = len(self.val_set)
+        names = list(getattr(self.val_set, "label_names"))
+        results = {}
+        for tag, net in (("raw", self.model), ("ema", self.ema.module)):
+            scores, targets = predict_scores(net, self.val_loader, device=self.device, amp_dtype=self.amp_dtype,
+                                             channels_last=self.channels_last)
+            scores, targets = gather_strided(scores, n), gather_strided(targets, n)
+            # Dataset warnings (e.g. classes without positives) once per run, from rank 0.
+            results[tag] = _metrics(scores, targets, self.val_order, names, self.config.threshold,
+                                    quiet=not self.is_main or self._metrics_warned)
+            self._metrics_warned = True
+        return results
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        """Every process contributes its bank and RNG state; rank 0 writes ``last.pt`` atomically."""
+        banks = gather_objects(self.bank.bank.detach().cpu() if self.bank is not None else None)
+        rngs = gather_objects(rng_state())
+        error = None
+        if self.is_main:
+            ckpt = {
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "global_step": self.global_step,
+                "world_size": self.dist.world_size, "config": self.config.to_dict(),
+                "model_config": dict(self.model.config), "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "banks": banks if self.bank is not None else [], "rng": rngs,
+                "tracker": self.tracker.state_dict(), "history": self.history,
+            }
+            try:
+                atomic_torch_save(ckpt, self.out / "last.pt")
+            except Exception as e:  # tell the other processes before raising, so none waits forever
+                error = f"could not write {self.out / 'last.pt'}: {type(e).__name__}: {e}"
+        error = broadcast_object(error)
+        if error is not None:
+            raise RuntimeError(error)
+
+    def _export_best(self, net: nn.Module, epoch: int, source: str, metrics: Mapping[str, Any] | None) -> None:
+        if not self.is_main:
+            return
+        info = {"epoch": epoch, "source": source, "objective": self.config.objective}
+        if metrics is not None:
+            info.update({k: metrics.get(k) for k in ("mAP", "CF1", "OF1")}, num_images=metrics.get("num_images"))
+        export_weights(net, self.out / "best.safetensors", variant=self.config.model, training=info)
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train from the current epoch to ``epochs`` (or early stop / ``stop_after_epochs``); returns a summary."""
+        cfg = self.config
+        stopped_early = False
+        self._log({"event": "start", "epoch": self.start_epoch, "world_size": self.dist.world_size,
+                   "device": str(self.device), "objective": cfg.objective,
+                   "train_images": len(self.train_set), "val_images": len(self.val_set) if self.val_set else 0,
+                   "steps_per_epoch": self.steps_per_epoch,
+                   "trainable_params": sum(p.numel() for p in self.params), "resumed": cfg.resume is not None})
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                stats = self._train_one_epoch(epoch)
+                val = self._validate()
+                record: dict[str, Any] = {"event": "epoch", "epoch": epoch, "global_step": self.global_step, **stats}
+                if val is not None:
+                    raw, ema = val["raw"]["mAP"], val["ema"]["mAP"]
+                    source = self.tracker.update(epoch, raw, ema)
+                    if source is not None:
+                        self._export_best(self.ema.module if source == "ema" else self.model, epoch, source,
+                                          val[source])
+                    record["val"] = {tag: {k: m[k] for k in LOGGED_METRICS} for tag, m in val.items()}
+                else:  # nothing to select with: publish the latest EMA weights
+                    self._export_best(self.ema.module, epoch, "ema (latest; no validation data)", None)
+                record["best"] = {"mAP": self.tracker.best if val is not None else None,
+                                  "epoch": self.tracker.best_epoch, "source": self.tracker.best_source}
+                self.history.append(record)
+                self._save_checkpoint(epoch)
+                self._epochs_done = epoch + 1
+                self._log(record)
+                if self.on_epoch is not None and self.is_main:
+                    self.on_epoch(record)
+                if val is not None and self.tracker.should_stop(epoch, val["ema"]["mAP"]):
+                    stopped_early = True
+                    self._log({"event": "early_stop", "epoch": epoch, "best_epoch": self.tracker.best_epoch,
+                               "patience": cfg.patience})
+                    break
+                if cfg.stop_after_epochs is not None and epoch + 1 - self.start_epoch >= cfg.stop_after_epochs:
+                    break
+        finally:
+            cleanup_distributed(self.dist)
+        best, best_path = None, self.out / "best.safetensors"
+        if self.tracker.best_epoch >= 0:
+            best = {"mAP": self.tracker.best, "epoch": self.tracker.best_epoch, "source": self.tracker.best_source}
+        summary = {
+            "output_dir": str(self.out), "epochs_completed": self._epochs_done, "epochs": cfg.epochs,
+            "stopped_early": stopped_early, "best": best, "checkpoint": str(self.out / "last.pt"),
+            "best_weights": str(best_path) if best_path.exists() else None, "history": self.history,
+        }
+        self._log({"event": "end", **{k: v for k, v in summary.items() if k != "history"}})
+        return summary
+
+
+# ----------------------------------------------------------------------------- command-line glue
+DATA_OPTIONS = ("data", "images", "val_data", "val_images", "data_format", "split", "val_split", "voc_year",
+                "label_names", "skip_bad")
+_FLAGS = {"output_dir": "--output", "model_args": "--model-arg", "channels_last": "--no-channels-last",
+          "flip": "--no-flip", "progress": "--no-progress"}
+
+
+def _flag(key: str) -> str:
+    return _FLAGS.get(key, "--" + key.replace("_", "-"))
+
+
+def parse_model_args(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``["hidden_dim=32", "dropout=0"]`` → ``{"hidden_dim": 32, "dropout": 0}`` (values read as JSON, else text)."""
+    if isinstance(items, Mapping):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-arg expects KEY=VALUE (a SADCL constructor keyword), got {item!r}")
+        if key.strip() not in _CONSTRUCTOR_KEYS:
+            raise ValueError(f"--model-arg {key.strip()!r} is not a SADCL constructor keyword; valid: "
+                             f"{', '.join(_CONSTRUCTOR_KEYS)}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def data_specs(options: Mapping[str, Any]) -> dict[str, DataSpec]:
+    """``data``/``val_data`` specs from flat options (``data``, ``images``, ``data_format``, ``split`` …)."""
+    o = dict(options)
+    fmt, year = o.get("data_format", "csv"), str(o.get("voc_year", "2007"))
+    specs: dict[str, DataSpec] = {}
+    for key, images, split in (("data", "images", "split"), ("val_data", "val_images", "val_split")):
+        if o.get(key) is None:
+            if o.get(images) is not None:
+                raise ValueError(f"{_flag(images)} was given without {_flag(key)}")
+            continue
+        default_split = ("trainval" if key == "data" else "test") if fmt == "voc" else None
+        specs[key] = DataSpec(o[key], fmt, images=o.get(images), split=o.get(split) or default_split, year=year,
+                              label_names=o.get("label_names") if key == "data" else None,
+                              skip_bad=bool(o.get("skip_bad", False)))
+    return specs
+
+
+def config_from_options(options: Mapping[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from the options a user gave (``TrainConfig`` field names plus
+    :data:`DATA_OPTIONS`); everything not given keeps its recipe default. With ``resume`` the checkpoint's
+    settings are kept and only run settings (data location, workers, device, output …) may be given."""
+    opts = {k: v for k, v in options.items() if k not in DATA_OPTIONS}
+    opts.update(data_specs({k: v for k, v in options.items() if k in DATA_OPTIONS}))
+    if "model_args" in opts:
+        opts["model_args"] = parse_model_args(opts["model_args"])
+    if opts.get("resume"):
+        fixed = sorted(k for k in opts if k not in TrainConfig.RUNTIME_KEYS)
+        if fixed:
+            raise ValueError(
+                f"cannot change on resume: {', '.join(_flag(k) for k in fixed)}; a resumed run keeps the "
+                "checkpoint's settings (start a new run with --checkpoint <weights> to change them)"
+            )
+        resume = opts.pop("resume")
+        return TrainConfig.from_checkpoint(resume, **opts)
+    if "data" not in opts:
+        raise ValueError("no training data: give --data (and --data-format if it is not a CSV file)")
+    return TrainConfig(**opts)
+
+
+def evaluate_checkpoint(
+    data: DataSpec,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    img_size: int | None = None,
+    batch_size: int = 32,
+    num_workers: int = 4,
+    device: str | None = None,
+    amp: str = "bf16",
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Metrics of a variant's published weights (``checkpoint=None``) or of a local safetensors checkpoint
+    on ``data`` (evaluation transform at the model's resolution, or ``img_size``)."""
+    overrides = {} if img_size is None else {"img_size": img_size}
+    net = load_model(model, checkpoint=checkpoint, pretrained=checkpoint is None, **overrides)
+    pcfg = net.pretrained_cfg
+    tf = eval_transform(net.config["img_size"], mean=pcfg.get("mean", (0.485, 0.456, 0.406)),
+                        std=pcfg.get("std", (0.229, 0.224, 0.225)), interpolation=pcfg.get("interpolation", "bilinear"))
+    dataset = build_dataset(data, tf, label_names=net.label_names if data.format in ("csv", "folder") else None)
+    results = evaluate_model(net, dataset, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
+                             threshold=threshold)
+    return {"model": model or net.pretrained_cfg.get("architecture"), "checkpoint": None if checkpoint is None
+            else os.fspath(checkpoint), "data": dataclasses.asdict(data), **results}
+
+
+def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
+    """Run :class:`Trainer` ``(config, **kwargs).fit()`` and return its summary (best metrics, paths, history)."""
+    return Trainer(config, **kwargs).fit()
+
+
+# ----------------------------------------------------------------------------- helpers
+def _normalise(value: Any) -> Any:
+    """Comparable form of a config value (tuples and lists alike)."""
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Tensor):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,312 @@
+"""The authors' SADCL and Query2Label checkpoints → our SADCL (and our safetensors files).
+
+What the authors' training script saves (REFERENCE.md b.1-b.5): ``{'epoch', 'arch', 'state_dict',
+'best_mAP', 'optimizer'}`` where ``state_dict`` may carry a DDP ``module.`` prefix. Its keys differ from
+ours in four places only:
+
+* ``backbone.0.body.<k>`` (torchvision ResNet inside a ``Joiner``) is timm's ``backbone.<k>``;
+* ``backbone.1.pe`` is the sine position buffer for one input size: dropped, we recompute it for any size;
+* ``memorybank`` ``[M, C, D]`` is training state (the per-position memory bank), not part of the network;
+* ``prototype`` ``[1, C, D]`` is our ``prototypes`` ``[C, D]`` (the class prototypes of PSCL).
+
+A Query2Label checkpoint is the same minus ``memorybank``, ``prototype`` and ``proj_head.*``: the
+projection head and the prototypes then keep their initialisation (and must be trained, or the
+prototypes recomputed, before SADCL fine-tuning). Everything else (transformer, label queries,
+group-wise linear head) maps one to one.
+
+Pickled checkpoints are read with ``torch.load(weights_only=True)`` only: a file that needs arbitrary
+Python classes is refused, never loaded unsafely.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from ..model import SADCL
+from .weights import CheckpointFileError
+
+__all__ = [
+    "ConversionReport",
+    "OfficialCheckpointWarning",
+    "checkpoint_filter_fn",
+    "convert_checkpoint",
+    "load_official_checkpoint",
+    "read_checkpoint",
+]
+
+Checkpoint = Union[str, os.PathLike, Mapping[str, Any]]
+
+# Keys of the authors' models that are not parameters of the network: why each one is dropped.
+_DROPPED = {
+    "backbone.1.pe": "sine position buffer for one input size; recomputed for the input actually seen",
+    "memorybank": "training state (memory bank of label-level embeddings); re-created by sadcl.train",
+}
+_TOP_LEVEL_STATE = ("state_dict", "model")  # where the authors' and Query2Label's scripts put the weights
+# Left at their initialisation when a Query2Label checkpoint (no contrastive parts) is loaded.
+_SADCL_ONLY_PREFIXES = ("proj_head.", "prototypes")
+
+
+class OfficialCheckpointWarning(UserWarning):
+    """Something of an authors'/Query2Label checkpoint was not loaded (see the :class:`ConversionReport`)."""
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`load_official_checkpoint` did with every key.
+
+    Attributes:
+        source: file name (or ``"<mapping>"``).
+        kind: ``"sadcl"`` (authors' SADCL layout) or ``"query2label"`` (no projection head, no prototypes).
+        loaded: model keys that received a checkpoint tensor.
+        dropped: checkpoint keys deliberately not loaded, with the reason.
+        initialised: model keys left at their initialisation on purpose (projection head and prototypes of a
+            Query2Label checkpoint).
+        unexpected: checkpoint keys that map to no model key.
+        missing: model keys the checkpoint does not provide (other than ``initialised``).
+        mismatched: ``"key: checkpoint (…) vs model (…)"`` for shape differences.
+        extras: the checkpoint's other top-level entries (``epoch``, ``best_mAP``, ``arch`` …), as plain values.
+        notes: anything else worth knowing (e.g. the input size the position buffer was made for).
+    """
+
+    source: str
+    kind: str = "sadcl"
+    loaded: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    initialised: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every model key was loaded or deliberately initialised and nothing was left unmapped."""
+        return not (self.unexpected or self.missing or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: {self.kind} checkpoint, {len(self.loaded)} tensors loaded"]
+        if self.dropped:
+            lines.append(f"  dropped ({len(self.dropped)}): " + "; ".join(f"{k} ({why})" for k, why in self.dropped.items()))
+        for title, keys in (("left at initialisation", self.initialised), ("unmapped checkpoint keys", self.unexpected),
+                            ("missing model keys", self.missing), ("shape mismatches", self.mismatched)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): {', '.join(keys)}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- reading
+def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
+    """Read a ``.pth``/``.pth.tar``/``.pkl`` (``torch.save``) or ``.safetensors`` checkpoint onto the CPU.
+
+    Pickles are read with ``torch.load(weights_only=True)``: only tensors, containers and plain values
+    (plus ``argparse.Namespace``, which training scripts save as their arguments) are allowed. Anything
+    else is refused with :class:`CheckpointFileError`; there is no unsafe fallback.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointFileError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from .weights import read_safetensors
+
+        return read_safetensors(path)[0]
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _GLOBAL_RE.search(str(e))
+        if found is None:  # not a refused class: the byte stream itself is not a checkpoint
+            raise CheckpointFileError(
+                f"{path} is not a readable PyTorch checkpoint (the weights-only unpickler rejected its content); "
+                "it may be truncated or of another format."
+            ) from e
+        raise CheckpointFileError(
+            f"{path} cannot be read safely: it needs Python objects beyond tensors and plain containers "
+            f"to be unpickled (it references {found.group(1)}). Unpickling such objects can run arbitrary code, "
+            "so sadcl refuses to. If you trust the file, load it yourself (torch.load(path, weights_only=False)) "
+            "and pass its state dict (a mapping of names to tensors) to load_official_checkpoint."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointFileError(
+            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)}); "
+            "it may be truncated or of another format."
+        ) from e
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only unpickler names a refused class
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _unwrap(checkpoint: Mapping[str, Any], source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict inside a training checkpoint, and the other top-level entries (as plain values)."""
+    extras: dict[str, Any] = {}
+    state = checkpoint
+    for name in _TOP_LEVEL_STATE:
+        if isinstance(checkpoint.get(name), Mapping):
+            state = checkpoint[name]
+            extras = {k: v for k, v in checkpoint.items() if k != name and isinstance(v, (int, float, str, bool))}
+            break
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"{source}: found no state dict: the entries {not_tensors[:5]} are not tensors and none of "
+            f"{list(_TOP_LEVEL_STATE)} is a mapping of tensors (top-level keys: {list(checkpoint)[:10]})"
+        )
+    return dict(state), extras
+
+
+# ----------------------------------------------------------------------------- key mapping
+_MODULE_PREFIX = re.compile(r"^module\.")
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SADCL | None = None) -> dict[str, torch.Tensor]:
+    """Rename an authors'/Query2Label state dict to our keys (timm's ``checkpoint_filter_fn`` convention).
+
+    Strips ``module.``, maps ``backbone.0.body.*`` → ``backbone.*`` and ``prototype [1, C, D]`` →
+    ``prototypes [C, D]``, and drops ``backbone.1.pe``, ``memorybank`` and ``num_batches_tracked``
+    (our model fills in the latter itself). Keys it does not recognise pass through unchanged, so that the
+    loader can report them (and so the function is idempotent on our own state dicts). ``model`` is
+    accepted for timm compatibility; the mapping does not depend on it.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        key = _MODULE_PREFIX.sub("", key)
+        if key in _DROPPED or key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("backbone.0.body."):
+            key = "backbone." + key[len("backbone.0.body."):]
+        elif key == "prototype":
+            key = "prototypes"
+            if value.dim() == 3 and value.shape[0] == 1:  # the authors keep a leading batch axis of 1
+                value = value[0]
+        out[key] = value
+    return out
+
+
+def _dropped_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    dropped = {}
+    for key in state_dict:
+        bare = _MODULE_PREFIX.sub("", key)
+        if bare in _DROPPED:
+            dropped[bare] = _DROPPED[bare]
+    return dropped
+
+
+# ----------------------------------------------------------------------------- loading
+def load_official_checkpoint(model: SADCL, checkpoint: Checkpoint, *, strict: bool = True) -> ConversionReport:
+    """Load an authors' SADCL or a Query2Label checkpoint into ``model``; return what was done.
+
+    Args:
+        model: a :class:`SADCL` whose architecture matches the checkpoint (``create_model("sadcl_coco_448")``
+            for the authors' COCO ResNet-101 at 448 px).
+        checkpoint: a file (``.pth``, ``.pth.tar``, ``.pkl``, ``.safetensors``) or an already-loaded mapping
+            (the whole training checkpoint, or its state dict).
+        strict: raise when a checkpoint key maps to no model key, a model key is missing (other than the
+            projection head and prototypes of a Query2Label checkpoint), or shapes differ. With
+            ``strict=False`` the loadable tensors are loaded and the rest is only reported (and warned about).
+
+    Returns:
+        A :class:`ConversionReport`. A Query2Label checkpoint leaves the projection head and the prototypes
+        at their initialisation; the report lists them and an :class:`OfficialCheckpointWarning` says so.
+    """
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<mapping>"
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{source}: a checkpoint must be a mapping, found {type(raw).__name__}")
+    state_dict, extras = _unwrap(raw, source)
+    report = ConversionReport(source=source, extras=extras, dropped=_dropped_keys(state_dict))
+    pe = next((v for k, v in state_dict.items() if _MODULE_PREFIX.sub("", k) == "backbone.1.pe"), None)
+    if pe is not None and pe.dim() == 4:
+        report.notes.append(f"position buffer was made for a {pe.shape[-2]}x{pe.shape[-1]} feature map "
+                            f"(input {pe.shape[-2] * 32} px at stride 32); recomputed for every input size")
+
+    mapped = checkpoint_filter_fn(state_dict, model)
+    expected = model.state_dict()
+    has_sadcl_parts = "prototypes" in mapped or any(k.startswith("proj_head.") for k in mapped)
+    report.kind = "sadcl" if has_sadcl_parts else "query2label"
+    # num_batches_tracked exists only with trainable BatchNorm; the authors' FrozenBatchNorm2d has none.
+    optional = {k for k in expected if k.endswith("num_batches_tracked")}
+    if not has_sadcl_parts:
+        report.initialised = sorted(k for k in expected if k.startswith(_SADCL_ONLY_PREFIXES))
+        optional |= set(report.initialised)
+
+    loadable: dict[str, torch.Tensor] = {}
+    for key, value in mapped.items():
+        if key not in expected:
+            report.unexpected.append(key)
+        elif value.shape != expected[key].shape:
+            report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
+        else:
+            loadable[key] = value
+    report.missing = sorted(set(expected) - set(mapped) - optional)
+    report.loaded = sorted(loadable)
+
+    if not report.ok:
+        message = _mismatch_message(model, report)
+        if strict:
+            raise RuntimeError(message)
+        warnings.warn(message + "\nLoaded the rest (strict=False).", OfficialCheckpointWarning, stacklevel=2)
+    model.load_state_dict(loadable, strict=False)
+    if report.initialised:
+        warnings.warn(
+            f"{source}: Query2Label checkpoint (no projection head, no prototypes): "
+            f"{', '.join(_SADCL_ONLY_PREFIXES)} keep their initialisation. Recompute the prototypes "
+            "(sadcl.train.memory) and train before using the contrastive losses.",
+            OfficialCheckpointWarning, stacklevel=2,
+        )
+    return report
+
+
+def _mismatch_message(model: SADCL, report: ConversionReport) -> str:
+    lines = [f"Cannot map {report.source} ({report.kind} layout) onto SADCL({model.config['backbone']!r}, "
+             f"hidden_dim={model.config['hidden_dim']}, num_classes={model.num_classes}):"]
+    for title, keys in (("checkpoint keys with no model key", report.unexpected),
+                        ("model keys missing from the checkpoint", report.missing),
+                        ("shape mismatches", report.mismatched)):
+        if keys:
+            lines.append(f"  {title} ({len(keys)}): {', '.join(keys)}")
+    lines.append("Build the model with the checkpoint's architecture (backbone, hidden_dim, ffn_dim, num_heads, "
+                 "layers, num_classes; input_proj.* exists only when hidden_dim differs from the backbone's "
+                 "channels), or pass strict=False to load what matches.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- file → file
+def convert_checkpoint(
+    checkpoint: Checkpoint,
+    out_path: str | os.PathLike,
+    variant: str = "sadcl_coco_448",
+    *,
+    strict: bool = True,
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+    """Convert an authors'/Query2Label checkpoint into our safetensors file (weights + config header).
+
+    ``variant`` and ``model_kwargs`` (any :func:`sadcl.create_model` override: ``backbone``, ``hidden_dim``,
+    ``num_classes`` …) describe the architecture the checkpoint was trained with.
+
+    Returns:
+        ``{"path", "sha256", "size", "report"}``: what to put in ``weights.json`` and the conversion report.
+    """
+    from .loading import checkpoint_metadata, export_state_dict
+    from .variants import create_model
+    from .weights import save_safetensors
+
+    model = create_model(variant, **model_kwargs)
+    report = load_official_checkpoint(model, checkpoint, strict=strict)
+    digest = save_safetensors(export_state_dict(model), out_path, checkpoint_metadata(model))
+    return {"path": str(out_path), "sha256": digest, "size": os.path.getsize(out_path), "report": report}

@@ -1,0 +1,170 @@
+"""Export folders (weights, config.json, model card), loading them back, and publishing through the Hub API."""
+import json
+import warnings
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, hf_hub_download
+
+import sadcl
+from sadcl.zoo.export import PublishError, export_model, is_exported_name, load_exported, push_to_hub
+from sadcl.zoo.loading import HeadChangeWarning
+from sadcl.zoo.weights import ChecksumError, CheckpointFileError, WeightsDownloadError, WeightsRecord, read_safetensors, sha256_file
+
+REPO = "sadcl-test/tiny-export"
+TOKEN = "hf_test_write_token"
+METRICS = {"mAP": 71.25, "CF1": 60.5}
+
+
+@pytest.fixture(scope="module")
+def model() -> sadcl.SADCL:
+    torch.manual_seed(0)
+    return sadcl.create_model("sadcl_tiny").eval()
+
+
+@pytest.fixture
+def export_dir(tmp_path, model):
+    out = tmp_path / "export"
+    export_model(model, out, metrics=METRICS, recipe={"epochs": 3, "optimizer": "AdamW 5e-5"}, repo_id=REPO,
+                 license="apache-2.0")
+    return out
+
+
+def logits(m: sadcl.SADCL, seed: int = 1, batch: int = 2) -> torch.Tensor:
+    x = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return m.eval()(x)
+
+
+def test_export_writes_weights_config_and_card(export_dir, model):
+    assert sorted(p.name for p in export_dir.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((export_dir / "config.json").read_text())
+    weights = export_dir / "model.safetensors"
+    assert config["weights"] == {"filename": "model.safetensors", "sha256": sha256_file(weights),
+                                 "size": weights.stat().st_size}
+    assert config["architecture"] == model.config and config["variant"] == "sadcl_tiny"
+    assert config["label_names"][0] == "aeroplane" and config["num_classes"] == 20
+    assert config["preprocessing"] == {"input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406],
+                                       "std": [0.229, 0.224, 0.225], "interpolation": "bilinear",
+                                       "resize": "squash (Resize((s, s)))"}
+    assert config["metrics"] == METRICS and config["metrics_source"] == "measured on these weights"
+    assert json.loads(read_safetensors(weights)[1]["sadcl_config"]) == model.config
+
+    card = ModelCard.load(export_dir / "README.md")
+    assert card.data.library_name == "sadcl" and card.data.pipeline_tag == "image-classification"
+    assert card.data.license == "apache-2.0" and "multi-label-image-classification" in card.data.tags
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results == METRICS and card.data.eval_results[0].dataset_name == "none (tests and demos)"
+    for section in ("## Usage", "## Results", "## Labels", "## Training recipe", "## Citation"):
+        assert section in card.text
+    assert f'load_exported("hf-hub:{REPO}")' in card.text and "19\ttvmonitor" in card.text
+    assert "- **optimizer**: AdamW 5e-5" in card.text
+    assert "Ma, Leilei and Sun, Dengdi and Wang, Lei and Zhao, Haifeng and Luo, Bin" in card.text
+    assert "ECAI 2023" in card.text and "2307.09715" in card.text
+
+
+def test_overridden_variant_does_not_inherit_the_papers_results(tmp_path):
+    small = sadcl.create_model("sadcl_coco_448", backbone="test_resnet", hidden_dim=32, ffn_dim=32, img_size=64)
+    config = export_model(small, tmp_path / "export")
+    assert config["variant"] is None and config["metrics"] is None and config["description"] is None
+    assert "No results are recorded" in (tmp_path / "export" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("prefix", ["", "local-dir:"])
+def test_load_exported_from_a_folder(export_dir, model, prefix):
+    assert is_exported_name(f"{prefix}{export_dir}")
+    loaded = load_exported(f"{prefix}{export_dir}")
+    assert torch.equal(logits(loaded), logits(model))
+    cfg = loaded.pretrained_cfg
+    assert cfg["input_size"] == (3, 64, 64) and cfg["label_names"] == model.label_names
+    assert cfg["metrics"] == METRICS and cfg["weights"]["sha256"] == sha256_file(export_dir / "model.safetensors")
+
+
+def test_load_exported_with_a_new_label_set_keeps_the_rest(export_dir, model):
+    with pytest.warns(HeadChangeWarning, match="20 labels → 3"):
+        loaded = load_exported(export_dir, label_names=["cat", "dog", "bird"])
+    assert loaded.label_names == ["cat", "dog", "bird"] and loaded.pretrained_cfg["metrics"] is None
+    assert torch.equal(loaded.transformer.encoder.layers[0].linear1.weight,
+                       model.transformer.encoder.layers[0].linear1.weight)
+
+
+def test_load_exported_refuses_bad_folders(export_dir, tmp_path):
+    config = json.loads((export_dir / "config.json").read_text())
+    config["weights"]["sha256"] = "0" * 64
+    (export_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ChecksumError, match="does not match config.json"):
+        load_exported(export_dir)
+    (export_dir / "config.json").unlink()
+    with pytest.raises(CheckpointFileError, match="not a SADCL export: config.json is missing"):
+        load_exported(export_dir)
+    with pytest.raises(CheckpointFileError, match="export folder not found"):
+        load_exported(f"local-dir:{tmp_path / 'absent'}")
+    with pytest.raises(ValueError, match="hf-hub:ORG/NAME"):
+        load_exported("hf-hub:no-slash")
+
+
+def test_load_exported_from_the_hub(fake_hub, export_dir, model):
+    fake_hub.add_file(REPO, "config.json", (export_dir / "config.json").read_bytes(), lfs=False)
+    commit = fake_hub.add_file(REPO, "model.safetensors", (export_dir / "model.safetensors").read_bytes())
+
+    loaded = load_exported(f"hf-hub:{REPO}")
+
+    assert torch.equal(logits(loaded), logits(model))
+    assert loaded.pretrained_cfg["source"] == f"hf-hub:{REPO}@{commit}"
+    assert loaded.pretrained_cfg["weights"]["revision"] == commit
+    served = len(fake_hub.requests)
+    load_exported(f"hf-hub:{REPO}@{commit}")  # pinned and cached: no request at all
+    assert len(fake_hub.requests) == served
+    with pytest.raises(WeightsDownloadError, match="hf-hub:sadcl-test/absent.*does not exist"):
+        load_exported("hf-hub:sadcl-test/absent")
+
+
+def test_load_exported_removes_a_corrupt_download(fake_hub, export_dir):
+    fake_hub.add_file(REPO, "config.json", (export_dir / "config.json").read_bytes(), lfs=False)
+    fake_hub.add_file(REPO, "model.safetensors", (export_dir / "model.safetensors").read_bytes())
+    fake_hub.corrupt(REPO, "model.safetensors")  # same size: huggingface_hub accepts it
+    with pytest.raises(ChecksumError, match="corrupt.*removed from the cache"):
+        load_exported(f"hf-hub:{REPO}")
+    fake_hub.restore(REPO, "model.safetensors", (export_dir / "model.safetensors").read_bytes())
+    load_exported(f"hf-hub:{REPO}")  # downloaded afresh
+
+
+def test_push_to_hub_then_download_at_the_pinned_commit(hub_uploads, export_dir, model, capsys):
+    record = push_to_hub(export_dir, REPO, token=TOKEN)
+
+    WeightsRecord(**record)
+    (commit,) = [c for c in hub_uploads.commits if c.summary.startswith("Upload SADCL export")]
+    assert record == {"hf_hub_id": REPO, "filename": "model.safetensors", "revision": commit.oid,
+                      "sha256": sha256_file(export_dir / "model.safetensors"),
+                      "size": (export_dir / "model.safetensors").stat().st_size}
+    assert sorted(commit.files) == ["README.md", "config.json", "model.safetensors"]
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):]) == {"sadcl_tiny": record}
+    writes = [(m, p) for m, p in hub_uploads.hub.requests if m == "POST"]
+    assert writes == [("POST", "/api/repos/create"), ("POST", "/api/validate-yaml"),
+                      ("POST", f"/api/models/{REPO}/preupload/main"), ("POST", f"/api/models/{REPO}/commit/main")]
+    auth = [h.get("authorization") for h in hub_uploads.hub.request_headers]
+    assert auth.count(f"Bearer {TOKEN}") >= 3
+
+    path = hf_hub_download(REPO, "model.safetensors", revision=record["revision"])
+    assert sha256_file(path) == record["sha256"]
+    loaded = load_exported(f"hf-hub:{REPO}@{record['revision']}")
+    assert torch.equal(logits(loaded), logits(model))
+
+
+def test_pushing_an_unchanged_folder_again_keeps_the_commit(hub_uploads, export_dir):
+    first = push_to_hub(export_dir, REPO, token=TOKEN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # huggingface_hub logs "No files have been modified"
+        second = push_to_hub(export_dir, REPO, token=TOKEN)
+    assert second == first and len(hub_uploads.commits) == 2  # .gitattributes + the export
+    assert ("GET", f"/api/models/{REPO}/revision/main") in hub_uploads.hub.requests
+
+
+def test_push_needs_a_token_and_a_consistent_folder(hub_uploads, export_dir):
+    with pytest.raises(PublishError, match="(?s)could not push .* to sadcl-test/tiny-export.*401.*write token"):
+        push_to_hub(export_dir, REPO)
+    (export_dir / "model.safetensors").write_bytes(b"changed after export")
+    with pytest.raises(PublishError, match="not a consistent export.*sadcl export"):
+        push_to_hub(export_dir, REPO, token=TOKEN)
+    assert hub_uploads.commits == []

@@ -1,0 +1,63 @@
+"""ONNX export: onnxruntime reproduces PyTorch's logits, with a dynamic batch dimension, at 64 and 448 px."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import sadcl
+from sadcl.zoo.export import export_model, export_onnx
+
+
+def run_both(model: sadcl.SADCL, path, batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+    (got,) = session.run(["logits"], {"images": x.numpy()})
+    with torch.no_grad():
+        return got, model(x).numpy()
+
+
+def test_onnx_matches_pytorch_with_a_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    model = sadcl.create_model("sadcl_tiny").train()  # export must not depend on the caller's mode
+    path = export_onnx(model, tmp_path / "tiny.onnx")
+    assert model.training  # restored
+    model.eval()
+
+    for batch in (1, 3):
+        got, want = run_both(model, path, batch, 64)
+        assert got.shape == (batch, 20)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+    proto = onnx.load(str(path))
+    (images,), (logits,) = proto.graph.input, proto.graph.output
+    assert [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim] == ["batch", 3, 64, 64]
+    assert [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim] == ["batch", 20]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["label_names"]) == model.label_names
+    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and json.loads(meta["input_size"]) == [3, 64, 64]
+    assert proto.opset_import[0].version == 17
+
+
+def test_onnx_at_448(tmp_path):
+    torch.manual_seed(0)
+    model = sadcl.create_model("sadcl_tiny", hidden_dim=32, ffn_dim=64, proj_dim=16, img_size=448).eval()
+    path = export_onnx(model, tmp_path / "sadcl_448.onnx")
+    got, want = run_both(model, path, 2, 448)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="images"):  # the image size is fixed: a clear error, not garbage
+        session.run(["logits"], {"images": np.zeros((1, 3, 224, 224), np.float32)})
+
+
+def test_export_model_with_onnx_records_it(tmp_path):
+    model = sadcl.create_model("sadcl_tiny").eval()
+    config = export_model(model, tmp_path / "export", onnx=True)
+    onnx_file = tmp_path / "export" / "model.onnx"
+    assert config["onnx"]["filename"] == "model.onnx" and config["onnx"]["size"] == onnx_file.stat().st_size
+    assert config["onnx"]["input_size"] == [3, 64, 64]
+    assert "onnxruntime" in (tmp_path / "export" / "README.md").read_text()
+    got, want = run_both(model, onnx_file, 2, 64)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
