@@ -34,7 +34,8 @@ def test_every_variant_builds_with_its_label_set(name):
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, len(labels))
     cfg = model.pretrained_cfg
     assert cfg["label_names"] == labels and cfg["input_size"] == (3, 64, 64)
-    assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["interpolation"] == "bilinear"
+    assert cfg["mean"] == VARIANTS[name].mean and cfg["interpolation"] == "bilinear"
+    assert cfg["mean"] == ((0.5,) * 3 if name == "sadcl_fashion_mosaic" else (0.485, 0.456, 0.406))
     assert cfg["num_params"] == sum(p.numel() for p in model.parameters())
     assert "has_weights" in cfg and "metrics_source" in cfg
 

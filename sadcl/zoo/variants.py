@@ -80,6 +80,14 @@ VARIANTS: dict[str, VariantCfg] = {
         description="ResNet-101 at 576 px on VG-500 (500 labels by index: the names were never published).",
         metrics=None, metrics_source="reported in arXiv 2307.09715, not recovered here",
     ),
+    "sadcl_fashion_mosaic": VariantCfg(
+        dataset="Fashion-MNIST 2x2 mosaics", labels="fashion10", img_size=56, num_params=5_414_466,
+        description=("The default model: a ResNet-10-T SADCL trained from scratch by sadcl on multi-label "
+                     "Fashion-MNIST mosaics (56x56, 10 labels); its checkpoint ships inside the package."),
+        arch=dict(backbone="resnet10t", hidden_dim=128, ffn_dim=256, num_heads=4, num_encoder_layers=1,
+                  num_decoder_layers=2, dropout=0.1, proj_dim=64, freeze_bn=False, freeze_stem=False),
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    ),
     "sadcl_tiny": VariantCfg(
         dataset="none (tests and demos)", labels="voc20", img_size=64, num_params=487_460,
         description="A tiny network (timm test_resnet, width 64) with the VOC-20 label set, for tests and demos.",
