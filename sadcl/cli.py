@@ -184,6 +184,24 @@ def _print_epoch(record: dict) -> None:
     print(line, flush=True)
 
 
+def _mosaics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", help="folder for the PNGs, <split>.csv and labels.txt")
+    p.add_argument("--split", choices=("train", "test"), default="test",
+                   help="Fashion-MNIST split the items come from (default: %(default)s)")
+    p.add_argument("-n", "--num", type=int, default=1000, help="number of mosaics (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", help="Fashion-MNIST folder (default: Debian's /usr/share/datasets/fashion-mnist)")
+
+
+@command("mosaics", "build multi-label Fashion-MNIST 2x2 mosaics (PNG files + CSV)", _mosaics_args)
+def cmd_mosaics(args: argparse.Namespace) -> int:
+    from .data.mosaic import write_mosaics
+
+    csv_path = write_mosaics(args.out_dir, args.split, args.num, args.seed, root=args.root)
+    print(f"wrote {args.num} {args.split} mosaics: {csv_path} (labels: {Path(args.out_dir) / 'labels.txt'})")
+    return 0
+
+
 @command("train", "fine-tune SADCL (or the Query2Label baseline) on a multi-label dataset; torchrun for DDP",
          _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
@@ -191,6 +209,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in vars(args).items() if k != "command"}
     summary = train(config_from_options(options), on_epoch=_print_epoch)
+    if summary["rank"] != 0:  # under torchrun only rank 0 reports
+        return 0
     if summary["best"] is not None:
         b = summary["best"]
         print(f"best mAP {b['mAP']:.2f} at epoch {b['epoch']} ({b['source']})")
@@ -231,6 +251,83 @@ def cmd_eval(args: argparse.Namespace) -> int:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(clean, indent=2) + "\n")
     print(f"wrote {args.output}")
+    return 0
+
+
+# -- convert / export / push --------------------------------------------------------------------------------
+_ARCH_OVERRIDES = (("backbone", str), ("hidden_dim", int), ("ffn_dim", int), ("num_heads", int),
+                   ("num_encoder_layers", int), ("num_decoder_layers", int), ("proj_dim", int),
+                   ("img_size", int), ("num_classes", int))
+
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="the authors' SADCL or a Query2Label checkpoint (.pth, .pth.tar, .pkl)")
+    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("--variant", default="sadcl_coco_448", help="architecture and label set (default: %(default)s)")
+    for name, kind in _ARCH_OVERRIDES:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"override the variant's {name}")
+    p.add_argument("--non-strict", action="store_true", help="load what matches and report the rest")
+
+
+@command("convert", "convert an authors'/Query2Label checkpoint to a sadcl .safetensors file", _convert_args)
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .zoo.convert import convert_checkpoint
+
+    overrides = {name: getattr(args, name) for name, _ in _ARCH_OVERRIDES if getattr(args, name) is not None}
+    result = convert_checkpoint(args.checkpoint, args.output, args.variant, strict=not args.non_strict, **overrides)
+    print(result["report"])
+    print(f"wrote {result['path']}\nsha256 {result['sha256']}\nsize {result['size']}")
+    return 0
+
+
+def _read_metrics(text: str | None) -> dict | None:
+    """``--metrics``: a JSON object ``{"mAP": 85.6, …}`` given inline or as a file."""
+    if text is None:
+        return None
+    metrics = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+        raise ValueError(f"--metrics must be a JSON object of numbers (in percent), got {text!r}")
+    return metrics
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="variant name (published weights), .safetensors checkpoint, export folder or "
+                                 "hf-hub:ORG/NAME")
+    p.add_argument("output_dir", help="folder to write model.safetensors, config.json and README.md into")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs pip install 'sadcl[onnx]')")
+    p.add_argument("--metrics", help="results of these weights: inline JSON or a JSON file, e.g. '{\"mAP\": 85.6}'")
+    p.add_argument("--recipe", help="how the weights were obtained (free text for the model card)")
+    p.add_argument("--repo-id", help="the Hub repository this export is for (used in the card's usage snippet)")
+    p.add_argument("--license", help="Hub licence id for the model card, e.g. apache-2.0")
+
+
+@command("export", "write a model as safetensors + config.json + model card (+ ONNX), ready for the Hub", _export_args)
+def cmd_export(args: argparse.Namespace) -> int:
+    from .zoo.export import export_model, model_from_source
+
+    model = model_from_source(args.model)
+    config = export_model(model, args.output_dir, metrics=_read_metrics(args.metrics), recipe=args.recipe,
+                          repo_id=args.repo_id, license=args.license, onnx=args.onnx)
+    files = ", ".join(["model.safetensors", "config.json", "README.md"] + (["model.onnx"] if config["onnx"] else []))
+    print(f"wrote {files} to {args.output_dir}\nsha256 {config['weights']['sha256']}")
+    return 0
+
+
+def _push_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("export_dir", help="a folder written by `sadcl export`")
+    p.add_argument("repo_id", help="Hub repository, ORG/NAME (created if needed)")
+    p.add_argument("--token", help="Hub write token (default: the saved login / HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", help="an existing branch to push to (default: main)")
+    p.add_argument("--message", help="commit message")
+
+
+@command("push", "upload an export folder to the Hugging Face Hub and print its weights.json record", _push_args)
+def cmd_push(args: argparse.Namespace) -> int:
+    from .zoo.export import push_to_hub
+
+    push_to_hub(args.export_dir, args.repo_id, token=args.token, private=args.private, revision=args.revision,
+                commit_message=args.message)
     return 0
 
 

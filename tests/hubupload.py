@@ -185,8 +185,8 @@ class HubUploads:
             if header.get("parentCommit") not in (None, parent):
                 return _json(412, {"error": f"parent commit {header['parentCommit']} is not the head {parent}"})
             oid = self._store(repo_id, revision, parent, header.get("summary", ""), files)
-        return _json(200, {"success": True, "commitOid": oid, "commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{oid}",
-                           "hookOutput": ""})
+        url = f"{self.hub.endpoint}/{repo_id}/commit/{oid}"
+        return _json(200, {"success": True, "commitOid": oid, "commitUrl": url, "hookOutput": ""})
 
     def _repo_info(self, repo_id: str, revision: str) -> Answer:
         with self._lock:

@@ -39,7 +39,8 @@ def authors_state_dict(model: sadcl.SADCL, *, memory_rows: int = 4, prefix: str 
         if key.startswith("backbone."):
             sd["backbone.0.body." + key[len("backbone."):]] = value.clone()
     sd["backbone.1.pe"] = sine_position_encoding(side, side, d)[None]
-    sd.update({k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.") and k != "prototypes"})
+    rest = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.") and k != "prototypes"}
+    sd.update(rest)
     return {prefix + k: v for k, v in sd.items()}
 
 
@@ -212,3 +213,22 @@ def test_official_key_lists_map_onto_the_full_model(section, count):
         with pytest.warns(OfficialCheckpointWarning, match="Query2Label"):
             report = load_official_checkpoint(model, state_dict)
     assert report.ok and len(report.loaded) == len(mapped)
+
+
+def test_cli_convert(tmp_path, capsys):
+    from sadcl.cli import main
+
+    source = tiny(0)
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(training_checkpoint(authors_state_dict(source)), path)
+    out = tmp_path / "sadcl_tiny.safetensors"
+    args = ["convert", str(path), str(out), "--variant", "sadcl_tiny", "--hidden-dim", "96", "--ffn-dim", "192"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"sha256 {sha256_file(out)}" in printed and "sadcl checkpoint, 121 tensors loaded" in printed
+
+    bad = authors_state_dict(source)
+    bad["module.extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": bad}, path)
+    assert main(args) == 2
+    assert "checkpoint keys with no model key (1): extra.weight" in capsys.readouterr().err

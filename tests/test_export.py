@@ -9,7 +9,14 @@ from huggingface_hub import ModelCard, hf_hub_download
 import sadcl
 from sadcl.zoo.export import PublishError, export_model, is_exported_name, load_exported, push_to_hub
 from sadcl.zoo.loading import HeadChangeWarning
-from sadcl.zoo.weights import ChecksumError, CheckpointFileError, WeightsDownloadError, WeightsRecord, read_safetensors, sha256_file
+from sadcl.zoo.weights import (
+    CheckpointFileError,
+    ChecksumError,
+    WeightsDownloadError,
+    WeightsRecord,
+    read_safetensors,
+    sha256_file,
+)
 
 REPO = "sadcl-test/tiny-export"
 TOKEN = "hf_test_write_token"
@@ -65,9 +72,19 @@ def test_export_writes_weights_config_and_card(export_dir, model):
 
 def test_overridden_variant_does_not_inherit_the_papers_results(tmp_path):
     small = sadcl.create_model("sadcl_coco_448", backbone="test_resnet", hidden_dim=32, ffn_dim=32, img_size=64)
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.onnx").write_bytes(b"from an earlier export")
     config = export_model(small, tmp_path / "export")
+    assert not (tmp_path / "export" / "model.onnx").exists()  # would be published beside other weights
     assert config["variant"] is None and config["metrics"] is None and config["description"] is None
     assert "No results are recorded" in (tmp_path / "export" / "README.md").read_text()
+
+
+def test_a_folder_named_like_a_variant_does_not_hide_the_variant(tmp_path, monkeypatch, export_dir):
+    monkeypatch.chdir(tmp_path)
+    export_dir.rename(tmp_path / "sadcl_tiny")
+    assert not is_exported_name("sadcl_tiny") and is_exported_name("./sadcl_tiny")
+    assert is_exported_name("hf-hub:org/name") and not is_exported_name(str(tmp_path))  # no config.json
 
 
 @pytest.mark.parametrize("prefix", ["", "local-dir:"])
@@ -78,12 +95,19 @@ def test_load_exported_from_a_folder(export_dir, model, prefix):
     cfg = loaded.pretrained_cfg
     assert cfg["input_size"] == (3, 64, 64) and cfg["label_names"] == model.label_names
     assert cfg["metrics"] == METRICS and cfg["weights"]["sha256"] == sha256_file(export_dir / "model.safetensors")
+    again = export_model(loaded, export_dir.parent / "again")  # re-exporting keeps what the export recorded
+    assert again["variant"] == "sadcl_tiny" and again["metrics"] == METRICS
+    # Same tensors and header (not the same bytes: safetensors orders header metadata arbitrarily).
+    first, second = (read_safetensors(d / "model.safetensors") for d in (export_dir, export_dir.parent / "again"))
+    assert first[1] == second[1] and all(torch.equal(first[0][k], second[0][k]) for k in first[0])
 
 
 def test_load_exported_with_a_new_label_set_keeps_the_rest(export_dir, model):
     with pytest.warns(HeadChangeWarning, match="20 labels → 3"):
         loaded = load_exported(export_dir, label_names=["cat", "dog", "bird"])
     assert loaded.label_names == ["cat", "dog", "bird"] and loaded.pretrained_cfg["metrics"] is None
+    with pytest.warns(HeadChangeWarning):
+        assert load_exported(export_dir, num_classes=5).label_names == ["0", "1", "2", "3", "4"]
     assert torch.equal(loaded.transformer.encoder.layers[0].linear1.weight,
                        model.transformer.encoder.layers[0].linear1.weight)
 
@@ -168,3 +192,33 @@ def test_push_needs_a_token_and_a_consistent_folder(hub_uploads, export_dir):
     with pytest.raises(PublishError, match="not a consistent export.*sadcl export"):
         push_to_hub(export_dir, REPO, token=TOKEN)
     assert hub_uploads.commits == []
+
+
+def test_cli_export_and_push(hub_uploads, tmp_path, model, capsys):
+    from sadcl.cli import main
+    from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
+    from sadcl.zoo.weights import save_safetensors
+
+    checkpoint = tmp_path / "fine-tuned.safetensors"
+    save_safetensors(export_state_dict(model), checkpoint, checkpoint_metadata(model))
+    out = tmp_path / "export"
+    assert main(["export", str(checkpoint), str(out), "--metrics", '{"mAP": 50.5}', "--repo-id", REPO]) == 0
+    assert json.loads((out / "config.json").read_text())["metrics"] == {"mAP": 50.5}
+    assert main(["push", str(out), REPO, "--token", TOKEN]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(printed[printed.index("{", printed.index("weights.json")):])["tiny-export"]
+    assert record["revision"] == hub_uploads.commits[-1].oid
+    assert torch.equal(logits(load_exported(f"hf-hub:{REPO}@{record['revision']}")), logits(model))
+    assert main(["export", str(checkpoint), str(out), "--metrics", "[1, 2]"]) == 2
+    assert "--metrics must be a JSON object of numbers" in capsys.readouterr().err
+
+
+def test_create_model_accepts_hub_and_folder_names(fake_hub, export_dir, model):
+    import sadcl
+
+    fake_hub.add_file(REPO, "config.json", (export_dir / "config.json").read_bytes(), lfs=False)
+    fake_hub.add_file(REPO, "model.safetensors", (export_dir / "model.safetensors").read_bytes())
+    assert torch.equal(logits(sadcl.create_model(f"hf-hub:{REPO}")), logits(model))
+    assert torch.equal(logits(sadcl.create_model(str(export_dir))), logits(model))
+    with pytest.raises(TypeError, match="checkpoint_path"):
+        sadcl.create_model(str(export_dir), checkpoint_path=export_dir / "model.safetensors")

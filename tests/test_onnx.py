@@ -8,7 +8,10 @@ import pytest
 import torch
 
 import sadcl
-from sadcl.zoo.export import export_model, export_onnx
+from sadcl.cli import main
+from sadcl.zoo.export import export_onnx
+from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
+from sadcl.zoo.weights import save_safetensors, sha256_file
 
 
 def run_both(model: sadcl.SADCL, path, batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -20,11 +23,17 @@ def run_both(model: sadcl.SADCL, path, batch: int, size: int) -> tuple[np.ndarra
 
 
 def test_onnx_matches_pytorch_with_a_dynamic_batch(tmp_path):
+    """Through `sadcl export CHECKPOINT DIR --onnx`, from a fine-tuned checkpoint that carries its config."""
     torch.manual_seed(0)
-    model = sadcl.create_model("sadcl_tiny").train()  # export must not depend on the caller's mode
-    path = export_onnx(model, tmp_path / "tiny.onnx")
-    assert model.training  # restored
-    model.eval()
+    model = sadcl.create_model("sadcl_tiny").eval()
+    checkpoint = tmp_path / "fine-tuned.safetensors"
+    save_safetensors(export_state_dict(model), checkpoint, checkpoint_metadata(model))
+    assert main(["export", str(checkpoint), str(tmp_path / "export"), "--onnx"]) == 0
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    path = tmp_path / "export" / "model.onnx"
+    assert config["onnx"]["filename"] == "model.onnx" and config["onnx"]["sha256"] == sha256_file(path)
+    assert config["onnx"]["input_size"] == [3, 64, 64]
+    assert "onnxruntime" in (tmp_path / "export" / "README.md").read_text()
 
     for batch in (1, 3):
         got, want = run_both(model, path, batch, 64)
@@ -43,21 +52,12 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(tmp_path):
 
 def test_onnx_at_448(tmp_path):
     torch.manual_seed(0)
-    model = sadcl.create_model("sadcl_tiny", hidden_dim=32, ffn_dim=64, proj_dim=16, img_size=448).eval()
-    path = export_onnx(model, tmp_path / "sadcl_448.onnx")
+    model = sadcl.create_model("sadcl_tiny", hidden_dim=32, ffn_dim=64, proj_dim=16, img_size=448).train()
+    path = export_onnx(model, tmp_path / "sadcl_448.onnx")  # exported in eval mode whatever the caller's
+    assert model.training
+    model.eval()
     got, want = run_both(model, path, 2, 448)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match="images"):  # the image size is fixed: a clear error, not garbage
         session.run(["logits"], {"images": np.zeros((1, 3, 224, 224), np.float32)})
-
-
-def test_export_model_with_onnx_records_it(tmp_path):
-    model = sadcl.create_model("sadcl_tiny").eval()
-    config = export_model(model, tmp_path / "export", onnx=True)
-    onnx_file = tmp_path / "export" / "model.onnx"
-    assert config["onnx"]["filename"] == "model.onnx" and config["onnx"]["size"] == onnx_file.stat().st_size
-    assert config["onnx"]["input_size"] == [3, 64, 64]
-    assert "onnxruntime" in (tmp_path / "export" / "README.md").read_text()
-    got, want = run_both(model, onnx_file, 2, 64)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,14 @@ from ..zoo.loading import checkpoint_metadata, export_state_dict
 from ..zoo.weights import save_safetensors
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "atomic_torch_save", "load_training_checkpoint", "rng_state", "set_rng_state",
-    "export_weights", "TRAINING_KEY", "VARIANT_KEY",
+    "CHECKPOINT_FORMAT",
+    "TRAINING_KEY",
+    "VARIANT_KEY",
+    "atomic_torch_save",
+    "export_weights",
+    "load_training_checkpoint",
+    "rng_state",
+    "set_rng_state",
 ]
 
 CHECKPOINT_FORMAT = "sadcl-train-v1"
@@ -59,15 +66,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``last.pt`` written by the trainer (a run folder also works), onto the CPU, without unpickling code."""
+def load_training_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a ``last.pt`` written by the trainer (a run folder also works), onto the CPU, without unpickling code.
+
+    ``mmap=True`` maps the tensors lazily instead of reading them (cheap when only the config is needed).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"training checkpoint {path} not found (pass the run's last.pt or its folder)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, foreign or tampered file
         raise RuntimeError(
             f"{path} is not a readable training checkpoint ({type(e).__name__}: {e}). Resume from a last.pt "

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,9 +24,18 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 __all__ = [
-    "DistInfo", "init_distributed", "cleanup_distributed", "is_distributed", "ShardedBatchSampler",
-    "ShardSampler", "all_gather_with_grad", "all_gather", "all_reduce", "gather_strided", "gather_objects",
+    "DistInfo",
+    "ShardSampler",
+    "ShardedBatchSampler",
+    "all_gather",
+    "all_gather_with_grad",
+    "all_reduce",
     "broadcast_object",
+    "cleanup_distributed",
+    "gather_objects",
+    "gather_strided",
+    "init_distributed",
+    "is_distributed",
 ]
 
 

@@ -31,9 +31,10 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -77,13 +78,32 @@ from .distributed import (
     init_distributed,
 )
 from .ema import ModelEma
-from .losses import AsymmetricLoss, PrototypeContrastiveLoss, SADCLCriterion, SampleContrastiveLoss
+from .losses import (
+    AsymmetricLoss,
+    PrototypeContrastiveLoss,
+    SADCLCriterion,
+    SampleContrastiveLoss,
+)
 from .memory import MemoryBank, compute_prototypes, init_prototypes_
 
 __all__ = [
-    "DataSpec", "build_dataset", "load_model", "TrainConfig", "Trainer", "train", "EarlyStopping",
-    "NonFiniteLossError", "predict_scores", "evaluate_model", "evaluate_checkpoint", "config_from_options",
-    "data_specs", "parse_model_args", "DATA_FORMATS", "DATA_OPTIONS", "LOGGED_METRICS",
+    "DATA_FORMATS",
+    "DATA_OPTIONS",
+    "LOGGED_METRICS",
+    "DataSpec",
+    "EarlyStopping",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "Trainer",
+    "build_dataset",
+    "config_from_options",
+    "data_specs",
+    "evaluate_checkpoint",
+    "evaluate_model",
+    "load_model",
+    "parse_model_args",
+    "predict_scores",
+    "train",
 ]
 
 DATA_FORMATS = ("csv", "coco", "voc", "folder")
@@ -92,6 +112,7 @@ LOGGED_METRICS = ("mAP", "mAP_sklearn", "CP", "CR", "CF1", "OP", "OR", "OF1",
                   "CP_top3", "CR_top3", "CF1_top3", "OP_top3", "OR_top3", "OF1_top3")
 TERMS = ("loss", "asl", "sample", "prototype")  # logged loss terms: weighted total, then the unweighted terms
 _CONSTRUCTOR_KEYS = tuple(p for p in inspect.signature(SADCL.__init__).parameters if p != "self")
+_DDP_PARAMS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 class NonFiniteLossError(RuntimeError):
@@ -206,9 +227,8 @@ def load_model(
             stored = json.loads(header[CONFIG_KEY])
             kwargs.update({k: v for k, v in stored.items() if k in _CONSTRUCTOR_KEYS})
     if name is None:
-        raise ValueError(
-            f"no model name given and {checkpoint} does not record its variant; pass --model (see `sadcl list`)"
-        )
+        where = f" and {checkpoint} does not record its variant" if checkpoint is not None else ""
+        raise ValueError(f"no model name given{where}; pass --model NAME (see `sadcl list`)")
     kwargs.update(overrides)
     if label_names is not None:
         kwargs["label_names"] = list(label_names)
@@ -334,7 +354,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -342,11 +362,11 @@ class TrainConfig:
         return cls(**dict(values))
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **runtime: Any) -> "TrainConfig":
+    def from_checkpoint(cls, path: str | os.PathLike, **runtime: Any) -> TrainConfig:
         """The configuration a training checkpoint was written with, set to resume from it; ``runtime``
         may change only settings that do not affect the trajectory (:attr:`RUNTIME_KEYS`)."""
         ckpt_path = Path(path) / "last.pt" if Path(path).is_dir() else Path(path)
-        stored = dict(load_training_checkpoint(ckpt_path)["config"])
+        stored = dict(load_training_checkpoint(ckpt_path, mmap=True)["config"])
         bad = sorted(k for k in runtime if k not in cls.RUNTIME_KEYS)
         if bad:
             raise ValueError(f"only run settings {cls.RUNTIME_KEYS} can change on resume, not {bad}")
@@ -474,7 +494,7 @@ def evaluate_model(
     try:
         dev = _resolve_device(device, info)
         model.to(dev)
-        names = list(getattr(dataset, "label_names"))
+        names = list(dataset.label_names)
         order = _label_order(names, model.label_names, f"dataset {dataset!r}")
         loader = _eval_loader(dataset, batch_size, num_workers, dev.type == "cuda", info)
         scores, targets = predict_scores(model, loader, device=dev, amp_dtype=_amp_dtype(amp, dev))
@@ -556,8 +576,8 @@ class Trainer:
     Datasets and the model come from ``config`` unless given: ``train_dataset``/``val_dataset`` are used
     with their own transforms (``prototype_dataset`` defaults to a copy of the training set with the eval
     transform); a given ``model`` is trained in place. ``on_epoch`` is called on rank 0 with each epoch's
-    log record (losses, lr, throughput, validation metrics, best so far). With ``objective="asl"`` the projection head and the
-    prototypes are frozen (they take no part in the loss).
+    log record (losses, lr, throughput, validation metrics, best so far). Parameters outside the loss are
+    frozen: with ``objective="asl"`` the projection head and the prototypes. ``fit`` runs once.
     """
 
     def __init__(
@@ -605,89 +625,17 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} (global) is not divisible by the {info.world_size} "
                              "processes; pick a multiple")
         self.local_batch = cfg.batch_size // info.world_size
+        self.pin = self.device.type == "cuda"
+        if self.pin:
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels (recipe)
+        self.eval_batch = cfg.eval_batch_size or self.local_batch
         _seed_everything(cfg.seed)  # the same model initialisation in every process
-
-        # Data: the label set comes from the training data.
-        built_here = train_dataset is None
-        if built_here:
-            if cfg.data is None:
-                raise ValueError("no training data: set TrainConfig.data (sadcl train --data) or pass train_dataset")
-            train_dataset = build_dataset(cfg.data, None)
-        label_names = list(getattr(train_dataset, "label_names"))
-        self.model = self._build_model(model, label_names, ckpt)
-        pcfg = self.model.pretrained_cfg
-        size = self.model.config["img_size"]
-        norm = dict(mean=pcfg.get("mean", (0.485, 0.456, 0.406)), std=pcfg.get("std", (0.229, 0.224, 0.225)),
-                    interpolation=pcfg.get("interpolation", "bilinear"))
-        self.eval_tf = eval_transform(size, **norm)
-        if built_here:  # datasets passed in keep their own transforms
-            train_dataset.transform = (self.eval_tf if cfg.augment == "none"
-                                       else train_transform(size, cfg.augment, flip=cfg.flip, **norm))
-        if val_dataset is None and cfg.val_data is not None:
-            val_dataset = build_dataset(cfg.val_data, self.eval_tf, label_names=label_names)
-        self.train_set, self.val_set = train_dataset, val_dataset
-        self.val_order = None
-        if val_dataset is not None:
-            self.val_order = _label_order(list(getattr(val_dataset, "label_names")), label_names,
-                                          "validation data")
-        self.proto_set = prototype_dataset
-
-        # Objective and what trains.
-        self.sadcl = cfg.objective == "sadcl"
-        w_asl, w_sample, w_proto = cfg.loss_weights if self.sadcl else (cfg.loss_weights[0], 0.0, 0.0)
-        self.use_bank = self.sadcl and w_sample > 0
-        project = self.sadcl and (w_sample > 0 or w_proto > 0)
-        if not project:
-            self.model.proj_head.requires_grad_(False)
-        if not (self.sadcl and w_proto > 0):
-            self.model.prototypes.requires_grad_(False)
-        self.criterion = SADCLCriterion(
-            AsymmetricLoss(cfg.gamma_neg, cfg.gamma_pos, cfg.asl_clip, cfg.asl_eps),
-            SampleContrastiveLoss(cfg.sample_temperature, official=cfg.official_sample_loss),
-            PrototypeContrastiveLoss(cfg.prototype_temperature),
-            weights=(w_asl, w_sample, w_proto),
-        )
-        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
-        self.channels_last = cfg.channels_last and self.device.type == "cuda"
-        self.model.to(self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        pin = self.device.type == "cuda"
-        eval_bs = cfg.eval_batch_size or self.local_batch
-
-        if self.sadcl and ckpt is None:
-            self._init_prototypes(eval_bs, pin)
-        self.bank = None
-        if self.use_bank:
-            self.bank = MemoryBank(self.local_batch, self.model.num_classes, self.model.hidden_dim,
-                                   threshold=cfg.memory_threshold).to(self.device)
-            self.bank.init_from_prototypes(self.model.prototypes)
-
-        fwd = _TrainForward(self.model, project, self.sadcl and w_proto > 0)
-        if info.world_size > 1:
-            # Buffers (frozen BN statistics) never change: no per-step broadcast. Banks stay per process.
-            fwd = DistributedDataParallel(fwd, device_ids=[self.device.index] if pin else None,
-                                          broadcast_buffers=False)
-        self.forward_module = fwd
-        self.ema = ModelEma(self.model, cfg.ema_decay)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        self.train_sampler = ShardedBatchSampler(len(train_dataset), self.local_batch, rank=info.rank,
-                                                 world_size=info.world_size, seed=cfg.seed)
-        self.train_loader = DataLoader(train_dataset, batch_sampler=self.train_sampler,
-                                       num_workers=cfg.num_workers, pin_memory=pin)
-        self.val_loader = (None if val_dataset is None else
-                           _eval_loader(val_dataset, eval_bs, cfg.num_workers, pin, info))
-        self.steps_per_epoch = len(self.train_sampler)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
-            pct_start=cfg.pct_start, cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self._setup_data_and_model(ckpt, model, train_dataset, val_dataset, prototype_dataset)
+        self._setup_objective(ckpt)
+        self._setup_optimisation()
         self.tracker = EarlyStopping(cfg.patience)
         self.history: list[dict[str, Any]] = []
-        self.start_epoch, self.global_step = 0, 0
+        self.start_epoch, self.global_step, self.step_lr = 0, 0, cfg.lr
         if ckpt is not None:
             self._load_state(ckpt)  # restores the RNG states last
         else:
@@ -696,6 +644,89 @@ class Trainer:
                 (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
         self._epochs_done = self.start_epoch  # epochs with a checkpoint on disk
         self._metrics_warned = False
+        self._export_error: str | None = None
+
+    def _setup_data_and_model(self, ckpt, model, train_dataset, val_dataset, prototype_dataset) -> None:
+        """Datasets, samplers and the model; the label set comes from the training data."""
+        cfg, info = self.config, self.dist
+        built_here = train_dataset is None
+        if built_here:
+            if cfg.data is None:
+                raise ValueError("no training data: set TrainConfig.data (sadcl train --data) or pass train_dataset")
+            train_dataset = build_dataset(cfg.data, None)
+        self.train_sampler = ShardedBatchSampler(len(train_dataset), self.local_batch, rank=info.rank,
+                                                 world_size=info.world_size, seed=cfg.seed)
+        label_names = list(train_dataset.label_names)
+        self.model = self._build_model(model, label_names, ckpt)
+        pcfg = self.model.pretrained_cfg
+        size = self.model.config["img_size"]
+        norm = {"mean": pcfg.get("mean", (0.485, 0.456, 0.406)), "std": pcfg.get("std", (0.229, 0.224, 0.225)),
+                "interpolation": pcfg.get("interpolation", "bilinear")}
+        self.eval_tf = eval_transform(size, **norm)
+        if built_here:  # datasets passed in keep their own transforms
+            train_dataset.transform = (self.eval_tf if cfg.augment == "none"
+                                       else train_transform(size, cfg.augment, flip=cfg.flip, **norm))
+        if val_dataset is None and cfg.val_data is not None:
+            val_dataset = build_dataset(cfg.val_data, self.eval_tf, label_names=label_names)
+        self.train_set, self.val_set, self.proto_set = train_dataset, val_dataset, prototype_dataset
+        self.val_order = None
+        if val_dataset is not None:
+            self.val_order = _label_order(list(val_dataset.label_names), label_names, "validation data")
+        self.train_loader = DataLoader(train_dataset, batch_sampler=self.train_sampler,
+                                       num_workers=cfg.num_workers, pin_memory=self.pin)
+        self.val_loader = (None if val_dataset is None else
+                           _eval_loader(val_dataset, self.eval_batch, cfg.num_workers, self.pin, info))
+        self.steps_per_epoch = len(self.train_sampler)
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.channels_last = cfg.channels_last and self.device.type == "cuda"
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _setup_objective(self, ckpt) -> None:
+        """Loss terms, what trains, prototypes, memory bank, and the (DDP-wrapped) training forward."""
+        cfg = self.config
+        self.sadcl = cfg.objective == "sadcl"
+        w_asl, w_sample, w_proto = cfg.loss_weights if self.sadcl else (cfg.loss_weights[0], 0.0, 0.0)
+        project, use_protos = w_sample > 0 or w_proto > 0, w_proto > 0
+        # Parameters outside the loss are frozen: DDP requires every trainable parameter to get a gradient.
+        if not project:
+            self.model.proj_head.requires_grad_(False)
+        if not use_protos:
+            self.model.prototypes.requires_grad_(False)
+        self.criterion = SADCLCriterion(
+            AsymmetricLoss(cfg.gamma_neg, cfg.gamma_pos, cfg.asl_clip, cfg.asl_eps),
+            SampleContrastiveLoss(cfg.sample_temperature, official=cfg.official_sample_loss),
+            PrototypeContrastiveLoss(cfg.prototype_temperature),
+            weights=(w_asl, w_sample, w_proto),
+        )
+        if self.sadcl and ckpt is None:
+            self._init_prototypes()
+        self.bank = None
+        if w_sample > 0:
+            self.bank = MemoryBank(self.local_batch, self.model.num_classes, self.model.hidden_dim,
+                                   threshold=cfg.memory_threshold).to(self.device)
+            self.bank.init_from_prototypes(self.model.prototypes)
+        fwd: nn.Module = _TrainForward(self.model, project, use_protos)
+        if self.dist.world_size > 1:
+            # Buffers (frozen BN statistics) never change: no per-step broadcast. The banks live outside
+            # the wrapped module, so each process keeps its own.
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_PARAMS
+                       else {"broadcast_buffers": False})
+            fwd = DistributedDataParallel(fwd, device_ids=[self.device.index] if self.pin else None, **no_sync)
+        self.forward_module = fwd
+
+    def _setup_optimisation(self) -> None:
+        """EMA, AdamW (one group of every trainable parameter), OneCycle per step, grad scaler (fp16 only)."""
+        cfg = self.config
+        self.ema = ModelEma(self.model, cfg.ema_decay)  # after DDP's initial broadcast: the same in every process
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
+            pct_start=cfg.pct_start, cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _build_model(self, model: SADCL | None, label_names: list[str], ckpt: Mapping[str, Any] | None) -> SADCL:
         cfg = self.config
@@ -720,13 +751,13 @@ class Trainer:
         return load_model(cfg.model, checkpoint=cfg.checkpoint, pretrained=cfg.pretrained,
                           label_names=label_names, **overrides)
 
-    def _init_prototypes(self, batch_size: int, pin: bool) -> None:
+    def _init_prototypes(self) -> None:
         """Prototypes = mean embedding of confidently predicted positives (eval transform), over all processes."""
         cfg, info = self.config, self.dist
         dataset = self.proto_set if self.proto_set is not None else _with_transform(
             self.train_set, self.eval_tf, "prototype initialisation")
-        loader = _eval_loader(dataset, batch_size, cfg.num_workers, pin, info)
-        kwargs = dict(threshold=cfg.prototype_threshold, device=self.device)
+        loader = _eval_loader(dataset, self.eval_batch, cfg.num_workers, self.pin, info)
+        kwargs = {"threshold": cfg.prototype_threshold, "device": self.device}
         if info.world_size == 1:
             counts = init_prototypes_(self.model, loader, max_batches=cfg.prototype_batches, **kwargs)
         else:
@@ -738,7 +769,8 @@ class Trainer:
             n_all = counting.counts.to(self.device)
             sums = torch.stack([p64 * n_conf[:, None], p64 * n_all[:, None]])
             counts2 = torch.stack([n_conf, n_all])
-            all_reduce(sums), all_reduce(counts2)
+            all_reduce(sums)
+            all_reduce(counts2)
             current = self.model.prototypes.detach().to(torch.float64)
             merged = torch.where((counts2[0] > 0)[:, None], sums[0] / counts2[0].clamp(min=1)[:, None],
                                  torch.where((counts2[1] > 0)[:, None], sums[1] / counts2[1].clamp(min=1)[:, None],
@@ -782,9 +814,9 @@ class Trainer:
     def _log(self, record: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
-        record = {"time": round(time.time(), 3), **record}
+        record = _finite_json({"time": round(time.time(), 3), **record})
         with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(json.dumps(record, default=_json_default, allow_nan=False) + "\n")
 
     def _progress(self, epoch: int):
         enabled = self.config.progress
@@ -833,6 +865,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (logged)
         self.scheduler.step()
         self.ema.update(self.model)
         return terms
@@ -877,7 +910,7 @@ class Trainer:
                         totals[k] += means[k] * window_steps
                     now = time.perf_counter()
                     record = {"event": "step", "epoch": epoch, "step": i + 1, "global_step": self.global_step,
-                              "lr": self.scheduler.get_last_lr()[0], **means,
+                              "lr": self.step_lr, **means,
                               "img_per_s": window_steps * images_per_step / max(now - t_window, 1e-9)}
                     self._log(record)
                     bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{record['lr']:.3g}")
@@ -886,7 +919,7 @@ class Trainer:
         finally:
             bar.close()
         elapsed = time.perf_counter() - t_epoch
-        return {**{k: totals[k] / max(seen, 1) for k in TERMS}, "lr": self.scheduler.get_last_lr()[0],
+        return {**{k: totals[k] / max(seen, 1) for k in TERMS}, "lr": self.step_lr,
                 "img_per_s": seen * images_per_step / max(elapsed, 1e-9), "train_time_s": elapsed}
 
     def _check_window(self, epoch: int, window: Tensor, steps: int, first_bad: Tensor,
@@ -894,7 +927,8 @@ class Trainer:
         """Mean loss terms of the window over all processes; raises :class:`NonFiniteLossError` (on every
         process alike) when a term was NaN/inf at some step of this epoch."""
         bad_step = torch.where(first_bad < 0, torch.full_like(first_bad, 2**62), first_bad)
-        all_reduce(window), all_reduce(bad_step, "min")
+        all_reduce(window)
+        all_reduce(bad_step, "min")
         flags = all_reduce(bad_terms.to(torch.int32), "max")
         means = (window / (steps * self.dist.world_size)).tolist()
         bad = int(bad_step.item())
@@ -917,7 +951,7 @@ class Trainer:
         if self.val_loader is None:
             return None
         n = len(self.val_set)
-        names = list(getattr(self.val_set, "label_names"))
+        names = list(self.val_set.label_names)
         results = {}
         for tag, net in (("raw", self.model), ("ema", self.ema.module)):
             scores, targets = predict_scores(net, self.val_loader, device=self.device, amp_dtype=self.amp_dtype,
@@ -933,8 +967,8 @@ class Trainer:
         """Every process contributes its bank and RNG state; rank 0 writes ``last.pt`` atomically."""
         banks = gather_objects(self.bank.bank.detach().cpu() if self.bank is not None else None)
         rngs = gather_objects(rng_state())
-        error = None
-        if self.is_main:
+        error, self._export_error = self._export_error, None
+        if self.is_main and error is None:
             ckpt = {
                 "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "global_step": self.global_step,
                 "world_size": self.dist.world_size, "config": self.config.to_dict(),
@@ -959,7 +993,10 @@ class Trainer:
         info = {"epoch": epoch, "source": source, "objective": self.config.objective}
         if metrics is not None:
             info.update({k: metrics.get(k) for k in ("mAP", "CF1", "OF1")}, num_images=metrics.get("num_images"))
-        export_weights(net, self.out / "best.safetensors", variant=self.config.model, training=info)
+        try:
+            export_weights(net, self.out / "best.safetensors", variant=self.config.model, training=info)
+        except Exception as e:  # reported to every process by the checkpoint step that follows
+            self._export_error = f"could not write {self.out / 'best.safetensors'}: {type(e).__name__}: {e}"
 
     # -- the run ----------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -1006,11 +1043,12 @@ class Trainer:
         if self.tracker.best_epoch >= 0:
             best = {"mAP": self.tracker.best, "epoch": self.tracker.best_epoch, "source": self.tracker.best_source}
         summary = {
-            "output_dir": str(self.out), "epochs_completed": self._epochs_done, "epochs": cfg.epochs,
+            "rank": self.dist.rank, "output_dir": str(self.out), "epochs_completed": self._epochs_done,
+            "epochs": cfg.epochs,
             "stopped_early": stopped_early, "best": best, "checkpoint": str(self.out / "last.pt"),
             "best_weights": str(best_path) if best_path.exists() else None, "history": self.history,
         }
-        self._log({"event": "end", **{k: v for k, v in summary.items() if k != "history"}})
+        self._log({"event": "end", **{k: v for k, v in summary.items() if k not in ("history", "rank")}})
         return summary
 
 
@@ -1119,6 +1157,17 @@ def _normalise(value: Any) -> Any:
     """Comparable form of a config value (tuples and lists alike)."""
     if isinstance(value, (list, tuple)):
         return [_normalise(v) for v in value]
+    return value
+
+
+def _finite_json(value: Any) -> Any:
+    """NaN/inf → None, recursively: log.jsonl stays strict JSON (the event itself says what went wrong)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
     return value
 
 

@@ -96,7 +96,8 @@ class ConversionReport:
     def __str__(self) -> str:
         lines = [f"{self.source}: {self.kind} checkpoint, {len(self.loaded)} tensors loaded"]
         if self.dropped:
-            lines.append(f"  dropped ({len(self.dropped)}): " + "; ".join(f"{k} ({why})" for k, why in self.dropped.items()))
+            reasons = "; ".join(f"{k} ({why})" for k, why in self.dropped.items())
+            lines.append(f"  dropped ({len(self.dropped)}): {reasons}")
         for title, keys in (("left at initialisation", self.initialised), ("unmapped checkpoint keys", self.unexpected),
                             ("missing model keys", self.missing), ("shape mismatches", self.mismatched)):
             if keys:

@@ -116,10 +116,9 @@ def export_model(
     digest = save_safetensors(export_state_dict(model), weights_path, checkpoint_metadata(model))
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    variant = cfg.get("architecture")
-    if not _is_variant(model, variant):
-        # Built with architecture or label overrides: the variant's description and results are not this model's.
-        variant = None
+    variant = _variant_of(model, cfg)
+    if variant is None and cfg.get("architecture") in _variant_names():
+        # A variant built with architecture or label overrides: its description and results are not this model's.
         cfg = {k: v for k, v in cfg.items() if k not in ("dataset", "description", "metrics", "metrics_source")}
     if metrics is None:
         metrics, metrics_source = cfg.get("metrics"), metrics_source or cfg.get("metrics_source")
@@ -148,18 +147,30 @@ def export_model(
         config["onnx"] = {"filename": ONNX_NAME, "input": "images", "output": "logits",
                           "input_size": config["preprocessing"]["input_size"], "dynamic_axes": ["batch"],
                           "sha256": sha256_file(onnx_path), "size": onnx_path.stat().st_size}
+    elif (out / ONNX_NAME).exists():
+        (out / ONNX_NAME).unlink()  # from an earlier export: it would be published beside different weights
     _write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     _write_text(out / CARD_NAME, model_card(config, repo_id=repo_id, license=license))
     return config
 
 
-def _is_variant(model: SADCL, name: str | None) -> bool:
-    """True when ``model`` has exactly the architecture, resolution and label set of the variant ``name``."""
+def _variant_names() -> frozenset[str]:
+    from .variants import VARIANTS
+
+    return frozenset(VARIANTS)
+
+
+def _variant_of(model: SADCL, cfg: Mapping[str, Any]) -> str | None:
+    """The variant ``model`` was built as, if it has exactly its architecture, resolution and label set."""
     from .variants import VARIANTS, read_labels
 
+    name = cfg.get("architecture")
     v = VARIANTS.get(name) if isinstance(name, str) else None
-    return (v is not None and all(model.config.get(k) == value for k, value in v.arch.items())
+    if v is None:
+        return None
+    same = (all(model.config.get(k) == value for k, value in v.arch.items())
             and model.config["img_size"] == v.img_size and model.label_names == list(read_labels(v.labels)))
+    return name if same else None
 
 
 def _preprocessing(model: SADCL, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,9 +344,12 @@ def export_onnx(
 
 # ----------------------------------------------------------------------------- loading
 def is_exported_name(name: str | os.PathLike) -> bool:
-    """True when ``name`` designates an export (``hf-hub:…``, ``local-dir:…`` or an existing folder)."""
+    """True when ``name`` designates an export: ``hf-hub:…``, ``local-dir:…``, or a folder holding a
+    ``config.json`` (unless ``name`` is also a variant name: ``./name`` then selects the folder)."""
     text = os.fspath(name)
-    return text.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) or Path(text).expanduser().is_dir()
+    if text.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
+        return True
+    return text not in _variant_names() and (Path(text).expanduser() / CONFIG_NAME).is_file()
 
 
 def load_exported(
@@ -378,7 +392,7 @@ def load_exported(
     args = dict(config["architecture"])
     if "label_names" in overrides and "num_classes" not in overrides:
         args.pop("num_classes", None)  # the new names define the count
-    if "num_classes" in overrides and "label_names" not in overrides and overrides["num_classes"] != args["num_classes"]:
+    elif overrides.get("num_classes", config["num_classes"]) != config["num_classes"] and "label_names" not in overrides:
         args.pop("label_names", None)  # a new label set of that size, named by index
     args.update(overrides)
     unknown = sorted(set(args) - _CONSTRUCTOR_KEYS)
@@ -401,7 +415,9 @@ def _parse_hub_name(text: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def _download_export(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> tuple[Path, Path, str | None]:
+def _download_export(
+    repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None
+) -> tuple[Path, Path, str | None]:
     from huggingface_hub import hf_hub_download
 
     kwargs: dict[str, Any] = dict(revision=revision, cache_dir=cache_dir, library_name="sadcl",
@@ -424,7 +440,8 @@ def _download_export(repo_id: str, revision: str | None, cache_dir: str | os.Pat
 def _hub_error_message(repo_id: str, filename: str, revision: str | None, error: BaseException) -> str:
     from huggingface_hub import constants, errors
 
-    what = f"{filename} of the SADCL export {HF_HUB_PREFIX}{repo_id} (revision {revision or 'main'}) from {constants.ENDPOINT}"
+    what = (f"{filename} of the SADCL export {HF_HUB_PREFIX}{repo_id} (revision {revision or 'main'}) "
+            f"from {constants.ENDPOINT}")
     entry_missing = getattr(errors, "RemoteEntryNotFoundError", getattr(errors, "EntryNotFoundError", ()))
     if isinstance(error, errors.LocalEntryNotFoundError):
         return (f"cannot load {what}: the Hub could not be reached (or HF_HUB_OFFLINE is set) and the file is not "
@@ -467,7 +484,8 @@ def _verify_export_weights(path: Path, config: Mapping[str, Any], source: str) -
             _evict(path, index_dir)
             raise ChecksumError(f"{source}: the downloaded {WEIGHTS_NAME} is corrupt ({e}); it was removed from "
                                 "the cache, run again to download it afresh.") from None
-        raise ChecksumError(f"{source}: {WEIGHTS_NAME} does not match config.json ({e}); export the model again.") from None
+        raise ChecksumError(f"{source}: {WEIGHTS_NAME} does not match config.json ({e}); "
+                            "export the model again.") from None
 
 
 def _pretrained_cfg(model: SADCL, config: Mapping[str, Any], source: str, repo_id: str | None,
@@ -542,10 +560,10 @@ def push_to_hub(
         raise PublishError(f"{folder} is not a consistent export ({e}); run `sadcl export` again") from None
 
     api = HfApi(token=token)
+    message = commit_message or f"Upload SADCL export ({config.get('variant') or 'sadcl'})"
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                                 commit_message=commit_message or f"Upload SADCL export ({config.get('variant') or 'sadcl'})")
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=message)
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = (" Log in with `hf auth login` or pass a write token (token=/--token)." if status in (401, 403) else "")

@@ -152,6 +152,14 @@ def _build(
     cache_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> SADCL:
+    from .export import is_exported_name, load_exported
+
+    if is_exported_name(name):  # hf-hub:ORG/REPO[@rev], local-dir:PATH, or an export folder
+        if checkpoint_path is not None:
+            raise TypeError("checkpoint_path cannot be combined with an hf-hub:/local-dir:/folder model name")
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay"):
+            kwargs.pop(key, None)
+        return load_exported(name, cache_dir=cache_dir, **kwargs)
     _check_name(name)
     for key in ("pretrained_cfg", "pretrained_cfg_overlay"):  # passed by timm.create_model; ours is the table
         kwargs.pop(key, None)
@@ -218,6 +226,8 @@ def create_model(
     **kwargs: Any,
 ) -> SADCL:
     """Build a registered SADCL variant, optionally with its verified checkpoint.
+
+    ``name`` may also be ``"hf-hub:ORG/REPO[@revision]"`` or a folder written by ``sadcl export``.
 
     ``kwargs`` override any :class:`SADCL` constructor keyword (``backbone``, ``hidden_dim``, ``label_names`` …).
     With ``num_classes``/``label_names`` different from the checkpoint, everything else loads strictly and only
