@@ -241,8 +241,8 @@ _CONTEXT: Any = None
 
 def _context(modules: Sequence[str]) -> Any:
     """The forkserver context; the server is started once, with glibc's mmap threshold fixed and ``modules``
-    imported, so that children start in milliseconds. (Python < 3.12 never preloads ``"__main__"`` itself,
-    and each child re-runs the main script: its imports must already be in the server.)"""
+    imported, so that children start in milliseconds. (Python 3.11's forkserver does not preload
+    ``"__main__"`` itself and each child re-runs the main script: its imports must already be in the server.)"""
     global _CONTEXT
     if _CONTEXT is None:
         from multiprocessing import forkserver
