@@ -112,7 +112,7 @@ def main() -> None:
     tmp_path = path.with_suffix(".tmp")
     tmp_path.write_text(json.dumps(out, indent=2) + "\n")
     os.replace(tmp_path, path)
-    print(f"\n| row | runs | mAP | CF1 | OF1 |\n|---|---|---|---|---|")
+    print("\n| row | runs | mAP | CF1 | OF1 |\n|---|---|---|---|---|")
     for row, s in summary.items():
         fmt = lambda k: f"{s[k]:.2f}" + (f" ± {s[k + '_std']:.2f}" if s[k + "_std"] is not None else "")
         print(f"| {row} | {s['runs']} | {fmt('mAP')} | {fmt('CF1')} | {fmt('OF1')} |")

@@ -6,7 +6,6 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .data.images import load_image

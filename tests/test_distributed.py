@@ -22,18 +22,17 @@ the losses from the second step on, far beyond them.
 """
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from fakedata import write_banded_fashion
 from sadcl.data import MosaicDataset, eval_transform
 from sadcl.train.checkpoint import load_training_checkpoint
 from sadcl.train.distributed import ShardedBatchSampler, ShardSampler, gather_strided
@@ -45,19 +44,6 @@ BANK_ATOL = 1e-5  # memory-bank embeddings (measured ≤ 1e-6)
 LOSS_RTOL = 1e-5  # per-step loss terms (measured ≤ 3e-7)
 SIZE = 64  # a 2 × 2 feature grid: with one cell the attention softmax is constant and q/k get no gradient
 TERMS = ("loss", "asl", "sample", "prototype")
-
-
-def write_fashion(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 40), ("t10k", 20)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 2 * c:2 * c + 8] += 180
-        for suffix, array, magic in (("images-idx3", images, 2051), ("labels-idx1", labels, 2049)):
-            header = np.array([magic, *array.shape], dtype=">u4").tobytes()
-            with gzip.open(root / f"{prefix}-{suffix}-ubyte.gz", "wb") as f:
-                f.write(header + array.astype(np.uint8).tobytes())
 
 
 def make_datasets(root: Path):
@@ -109,7 +95,7 @@ def steps(out: Path) -> list[dict]:
 def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
     root = tmp_path / "fmnist"
     root.mkdir()
-    write_fashion(root)
+    write_banded_fashion(root, 40, 20)
     run_two_processes(root, tmp_path / "ddp", tmp_path / "rendezvous")
 
     threads = torch.get_num_threads()

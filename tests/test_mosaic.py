@@ -3,13 +3,13 @@
 Most tests run on a tiny synthetic Fashion-MNIST written in the original IDX format (fast, and independent
 of the system package); one test checks the installed Debian copy, or the install hint when it is absent.
 """
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fakedata import write_idx
 from sadcl.data import (
     DEFAULT_FASHION_ROOT,
     FASHION_LABELS,
@@ -23,20 +23,14 @@ from sadcl.data import (
 N_TRAIN, N_TEST = 50, 30
 
 
-def _write_idx(path, array, magic):
-    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """Synthetic Fashion-MNIST: every item has nonzero pixels; train and test items never coincide."""
     root = tmp_path_factory.mktemp("fmnist")
     rng = np.random.default_rng(0)
     for prefix, n, lo, hi in (("train", N_TRAIN, 1, 128), ("t10k", N_TEST, 128, 256)):
-        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(lo, hi, (n, 28, 28)), 2051)
-        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10, 2049)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(lo, hi, (n, 28, 28)), 2051)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10, 2049)
     return root
 
 
@@ -138,8 +132,8 @@ def test_missing_root_says_how_to_install(tmp_path):
 
 
 def test_corrupt_idx_is_reported(tmp_path):
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((2, 28, 28)), 9999)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(2), 2049)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((2, 28, 28)), 9999)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(2), 2049)
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz.*magic"):
         load_fashion_mnist("train", tmp_path)
 

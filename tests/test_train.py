@@ -3,7 +3,6 @@ fine-tuning onto a new label set, and `sadcl train` / `sadcl eval` end to end. T
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fakedata import write_banded_fashion
 from sadcl.cli import main
 from sadcl.data import MosaicDataset, eval_transform, train_transform
 from sadcl.train import checkpoint as ckpt_mod
@@ -48,25 +48,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _write_idx(path, array, magic):
-    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture(scope="module")
 def fashion_root(tmp_path_factory):
     """A synthetic Fashion-MNIST in IDX format (as tests/test_mosaic.py): class c items are bright in row band c."""
-    root = tmp_path_factory.mktemp("fmnist")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 60), ("t10k", 30)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 2 * c:2 * c + 8] += 180
-        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images, 2051)
-        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels, 2049)
-    return root
+    return write_banded_fashion(tmp_path_factory.mktemp("fmnist"), 60, 30)
 
 
 def datasets(root, n_train=16, n_val=7, augment=True):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import atomic_write
 from ..zoo.loading import checkpoint_metadata, export_state_dict
 from ..zoo.weights import save_safetensors
 
@@ -39,31 +40,9 @@ TRAINING_KEY = "sadcl_training"  # safetensors header entry: how the exported we
 VARIANT_KEY = "sadcl_variant"  # safetensors header entry: the variant the run started from
 
 
-def _fsync_dir(folder: Path) -> None:
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(folder, os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to a temporary file next to ``path``, fsync, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_training_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:

@@ -57,6 +57,18 @@ def _check_targets(targets: Tensor, shape: Sequence[int], what: str) -> None:
         )
 
 
+
+def as_class_matrix(prototypes: Tensor, num_classes: int, dim: int, what: str) -> Tensor:
+    """Accept ``[C, D]`` or the authors' ``[1, C, D]`` and return ``[C, D]``."""
+    if prototypes.dim() == 3 and prototypes.shape[0] == 1:
+        prototypes = prototypes[0]
+    if tuple(prototypes.shape) != (num_classes, dim):
+        raise ValueError(
+            f"{what}: prototypes must be [C, D] or [1, C, D] with C={num_classes}, D={dim}, "
+            f"got {list(prototypes.shape)}"
+        )
+    return prototypes
+
 class AsymmetricLoss(nn.Module):
     """Asymmetric loss (ASL, Ridnik et al. 2021) as used by Query2Label and SADCL.
 
@@ -219,13 +231,7 @@ class PrototypeContrastiveLoss(nn.Module):
         if embeddings.dim() != 3:
             raise ValueError(f"PrototypeContrastiveLoss: embeddings must be [B, C, D], got {list(embeddings.shape)}")
         B, C, D = embeddings.shape
-        if prototypes.dim() == 3 and prototypes.shape[0] == 1:
-            prototypes = prototypes[0]
-        if tuple(prototypes.shape) != (C, D):
-            raise ValueError(
-                f"PrototypeContrastiveLoss: prototypes must be [C, D] or [1, C, D] = [{C}, {D}] to match the "
-                f"embeddings, got {list(prototypes.shape)}"
-            )
+        prototypes = as_class_matrix(prototypes, C, D, "PrototypeContrastiveLoss")
         _check_targets(targets, (B, C), "PrototypeContrastiveLoss")
         with _autocast_off(embeddings.device.type):
             dtype = _compute_dtype(embeddings, prototypes)

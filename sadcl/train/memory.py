@@ -15,19 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .losses import as_class_matrix
+
 __all__ = ["MemoryBank", "compute_prototypes", "init_prototypes_"]
-
-
-def _as_class_matrix(prototypes: Tensor, num_classes: int, dim: int, what: str) -> Tensor:
-    """Accept ``[C, D]`` or the authors' ``[1, C, D]`` and return ``[C, D]``."""
-    if prototypes.dim() == 3 and prototypes.shape[0] == 1:
-        prototypes = prototypes[0]
-    if tuple(prototypes.shape) != (num_classes, dim):
-        raise ValueError(
-            f"{what}: prototypes must be [C, D] or [1, C, D] with C={num_classes}, D={dim}, "
-            f"got {list(prototypes.shape)}"
-        )
-    return prototypes
 
 
 class MemoryBank(nn.Module):
@@ -63,7 +53,7 @@ class MemoryBank(nn.Module):
     @torch.no_grad()
     def init_from_prototypes(self, prototypes: Tensor) -> None:
         """Fill every slot with the class prototypes (``[C, D]`` or ``[1, C, D]``, pre-projection)."""
-        p = _as_class_matrix(prototypes.detach(), self.num_classes, self.dim, "MemoryBank.init_from_prototypes")
+        p = as_class_matrix(prototypes.detach(), self.num_classes, self.dim, "MemoryBank.init_from_prototypes")
         self.bank.copy_(p.to(self.bank.dtype).expand_as(self.bank))
 
     @torch.no_grad()
@@ -143,7 +133,7 @@ def compute_prototypes(
     """
     current = model.prototypes.detach()
     C, D = current.shape[-2], current.shape[-1]
-    current = _as_class_matrix(current, C, D, "compute_prototypes: model.prototypes")
+    current = as_class_matrix(current, C, D, "compute_prototypes: model.prototypes")
     device = torch.device(device) if device is not None else current.device
     # Float64 sums over a whole training set (MPS has no float64).
     acc = torch.float32 if device.type == "mps" else torch.float64

@@ -19,7 +19,6 @@ import inspect
 import json
 import os
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from ..model import SADCL
+from .._atomic import atomic_write_text
 from .loading import CONFIG_KEY, checkpoint_metadata, export_state_dict, load_pretrained
 from .weights import (
     CheckpointFileError,
@@ -149,8 +149,8 @@ def export_model(
                           "sha256": sha256_file(onnx_path), "size": onnx_path.stat().st_size}
     elif (out / ONNX_NAME).exists():
         (out / ONNX_NAME).unlink()  # from an earlier export: it would be published beside different weights
-    _write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    _write_text(out / CARD_NAME, model_card(config, repo_id=repo_id, license=license))
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / CARD_NAME, model_card(config, repo_id=repo_id, license=license))
     return config
 
 
@@ -182,17 +182,6 @@ def _preprocessing(model: SADCL, cfg: Mapping[str, Any]) -> dict[str, Any]:
         if key in cfg:
             pre[key] = list(cfg[key]) if isinstance(cfg[key], (tuple, list)) else cfg[key]
     return pre
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary sibling + rename): an interrupted export leaves no half-written file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _sadcl_version() -> str:

@@ -12,7 +12,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from timm.models import register_model

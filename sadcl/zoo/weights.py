@@ -20,11 +20,12 @@ import logging
 import os
 import re
 import threading
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .._atomic import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:  # torch is only needed by the safetensors helpers; keep `import` of this module light
     import torch
@@ -212,14 +213,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _tmp_sibling(path: Path) -> Path:
-    """A unique temporary name in the same directory, so that ``os.replace`` onto ``path`` is atomic.
-
-    (Not ``tempfile.mkstemp``: its owner-only permissions would carry over to the final file.)
-    """
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-
-
 _VerifyKey = tuple[str, int, int, str]  # (realpath, size, mtime_ns, expected sha256)
 _verified: set[_VerifyKey] = set()
 _index_lock = threading.Lock()
@@ -245,14 +238,8 @@ def _remember_in_index(index_path: Path, key: _VerifyKey) -> None:
         files = {p: e for p, e in _read_index(index_path).items() if os.path.exists(p)}  # prune deleted blobs
         files[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": key[3]}
         try:
-            index_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _tmp_sibling(index_path)
-            try:
-                tmp.write_text(json.dumps({"schema": _SCHEMA, "files": files}, indent=1, sort_keys=True))
-                os.replace(tmp, index_path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            text = json.dumps({"schema": _SCHEMA, "files": files}, indent=1, sort_keys=True)
+            atomic_write_text(index_path, text, durable=False)  # a lost index only costs a re-hash
         except OSError as e:  # read-only cache: verification still works, it is just not remembered
             _logger.debug("could not update the verification index %s: %s", index_path, e)
 
@@ -492,25 +479,7 @@ def save_safetensors(
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"safetensors metadata must map str to str; entry {key!r}: {value!r} is not")
     tensors = {name: t.detach().contiguous() for name, t in state_dict.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        # Serialised in memory and written by us: the file gets the usual permissions (umask), which
-        # safetensors' save_file (owner-only) would not give, and the sha256 needs no second read.
-        data = save(tensors, metadata=meta)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    # Serialised in memory and written by us: the sha256 needs no second read.
+    data = save(tensors, metadata=meta)
+    atomic_write(path, lambda f: f.write(data))
     return hashlib.sha256(data).hexdigest()
