@@ -5,8 +5,8 @@ once, in an order that rotates from round to round, so a slow phase of a shared 
 the figure is the median over rounds and comparisons are ratios of medians from the same run.
 
 Peak memory protocol (:func:`peak_extra_rss`): each measurement runs in its own child process forked from a
-clean server process (``multiprocessing`` "forkserver", which has imported the benchmark module but never
-run a tensor op), so no allocator cache or earlier peak of another measurement is shared. The child builds
+server process (``multiprocessing`` "forkserver") that has only imported the benchmark's modules, so no
+allocator cache or earlier peak of another measurement is shared. The child builds
 its inputs, runs the workload once (warm-up), resets the kernel's RSS high-water mark
 (``/proc/self/clear_refs``), reads its RSS, runs the workload again and reads the high-water mark
 (``VmHWM``): *extra peak* = high-water mark − RSS before the run. glibc is told to serve every allocation of
@@ -164,9 +164,9 @@ def alternate(fns: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1
     return times
 
 
-def repeat_min_duration(fn: Callable[[], Any], min_s: float) -> Callable[[], float]:
-    """For micro-benchmarks: a callable that runs ``fn`` ``n`` times (``n`` chosen once so a call lasts about
-    ``min_s``) and returns nothing; divide its timings by :attr:`n` (stored on the returned function)."""
+def repeat_min_duration(fn: Callable[[], Any], min_s: float) -> Callable[[], None]:
+    """For short workloads: a callable that runs ``fn`` ``n`` times (``n`` chosen once, from one call after
+    one warm-up call, so that a call lasts about ``min_s``; at least 1); divide its timings by its ``n``."""
     fn()
     t0 = time.perf_counter()
     fn()

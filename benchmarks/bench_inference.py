@@ -8,6 +8,8 @@
 * ``eager_nchw``: the baseline, ``model(x)`` in ``torch.inference_mode`` with NCHW model and input;
 * ``predict``: ``sadcl.predict(model, x)`` (channels_last model and input, sigmoid, ranked label dicts);
 * ``eager_channels_last``: the forward alone in channels_last (what ``predict`` runs);
+* ``eager_mixed_layouts``: channels_last input into the NCHW model (what ``predict`` ran before it converted
+  the model's weights);
 * ``jit_freeze``: ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference`` of the channels_last model;
 * ``compile`` (with ``--compile``; compiling the ResNet-101 takes minutes on 2 cores): ``torch.compile``.
 
@@ -87,6 +89,8 @@ def contenders(model_nchw: torch.nn.Module, model_cl: torch.nn.Module, x: torch.
         "eager_nchw": eager(model_nchw, x),
         "predict": lambda: sadcl.predict(model_cl, x, batch_size=batch),
         "eager_channels_last": eager(model_cl, x_cl),
+        # What predict ran before it converted the model: channels_last input, NCHW weights.
+        "eager_mixed_layouts": eager(model_nchw, x_cl),
     }
     try:
         t0 = time.perf_counter()
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         ref = torch.sigmoid(fns["eager_nchw"]())
         got = torch.tensor([[d[n] for n in model_cl.label_names] for d in fns["predict"]()])
         notes["predict_max_abs_diff_vs_eager_nchw"] = float((got - ref).abs().max())
-        for k in ("eager_channels_last", "jit_freeze", "compile"):
+        for k in ("eager_channels_last", "eager_mixed_layouts", "jit_freeze", "compile"):
             if k in fns:
                 notes[f"{k}_max_abs_diff_vs_eager_nchw"] = float((torch.sigmoid(fns[k]()) - ref).abs().max())
         times = _common.alternate(fns, rounds=rounds, warmup=1)

@@ -331,6 +331,77 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- explain / plot-embeddings (need pip install 'sadcl[viz]') -----------------------------------------------
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="sadcl_fashion_mosaic", help="variant name (default: %(default)s)")
+    p.add_argument("--checkpoint", help="a local .safetensors checkpoint instead of the published weights")
+    p.add_argument("--device", help="cpu, cuda … (default: cpu)")
+
+
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="image file")
+    _model_args(p)
+    p.add_argument("--label", dest="labels", action="append", metavar="LABEL",
+                   help="label whose attention map to draw, repeatable (default: the --top-k best-scoring)")
+    p.add_argument("--top-k", type=int, default=3, help="labels drawn without --label (default: %(default)s)")
+    p.add_argument("-o", "--output", default="explain.png", help="image file to write (default: %(default)s)")
+
+
+@command("explain", "draw the category-related attention maps of an image's labels", _explain_args)
+def cmd_explain(args: argparse.Namespace) -> int:
+    from . import create_model
+    from .viz import explain, save_figure
+
+    model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint)
+    fig = explain(model, args.image, args.labels, top_k=args.top_k, device=args.device)
+    print(f"wrote {save_figure(fig, args.output)}: {', '.join(ax.get_title() for ax in fig.axes if ax.get_title())}")
+    return 0
+
+
+def _plot_embeddings_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="CSV", help="CSV file of images and labels (columns image, labels)")
+    src.add_argument("--mosaics", type=int, metavar="N", help="N Fashion-MNIST test mosaics built on the fly")
+    p.add_argument("--images", metavar="DIR", help="root of the CSV's relative image paths (default: its folder)")
+    p.add_argument("-n", "--num", type=int, default=2000, help="at most this many images (default: %(default)s)")
+    p.add_argument("--method", choices=("pca", "tsne"), default="pca",
+                   help="2-D reduction; tsne needs scikit-learn (default: %(default)s)")
+    p.add_argument("--raw", action="store_true",
+                   help="plot the decoder's label-level embeddings h instead of their projections")
+    p.add_argument("--seed", type=int, default=0, help="mosaic and t-SNE seed (default: %(default)s)")
+    p.add_argument("-o", "--output", default="embeddings.png", help="image file to write (default: %(default)s)")
+
+
+@command("plot-embeddings", "plot label-level embeddings of positive labels with the class prototypes",
+         _plot_embeddings_args)
+def cmd_plot_embeddings(args: argparse.Namespace) -> int:
+    from . import create_model
+    from .inference import preprocess
+    from .viz import plot_embeddings, save_figure
+
+    model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint)
+
+    def transform(img):  # the inference preprocessing of the model (its size, mean and std)
+        return preprocess(img, model.pretrained_cfg)
+
+    if args.mosaics is not None:
+        from .data.mosaic import FASHION_LABELS, MosaicDataset
+
+        if model.label_names != list(FASHION_LABELS):
+            raise ValueError(f"--mosaics needs a model with the Fashion-MNIST labels; {args.model!r} has "
+                             f"{model.num_classes} other labels: use --data CSV")
+        dataset = MosaicDataset("test", args.mosaics, args.seed, transform=transform)
+    else:
+        from .data.datasets import CSVDataset
+
+        dataset = CSVDataset(args.data, image_root=args.images, label_names=model.label_names, transform=transform)
+    fig = plot_embeddings(model, dataset, n=args.num, method=args.method, projected=not args.raw,
+                          device=args.device, seed=args.seed)
+    print(f"wrote {save_figure(fig, args.output)}: {fig.axes[0].get_title()}")
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__

@@ -121,3 +121,21 @@ def test_alternate_rotates_and_summarises():
     assert [len(v) for v in times.values()] == [3, 3]
     s = common.summary([3.0, 1.0, 2.0])
     assert (s["median_s"], s["min_s"], s["max_s"], s["n"]) == (2.0, 1.0, 3.0, 3)
+
+
+def test_memory_bank_accelerator_branch_matches_the_loop():
+    """MemoryBank.update has two branches (row gather on the CPU, one torch.where elsewhere, chosen for
+    bench_memory_bank.py); a non-contiguous bank takes the torch.where branch on the CPU too."""
+    from sadcl.train.memory import MemoryBank
+
+    reference = bench("dense_reference")
+    step = bench("bench_memory_bank").make_step(B=3, C=5, D=4, positives_per_image=2.0)
+    e, y, x = step["embeddings"], step["targets"], step["logits"]
+    fast, other = MemoryBank(4, 5, 4), MemoryBank(4, 5, 4)
+    other.bank = torch.zeros(4, 4, 5).transpose(1, 2)  # same shape, not contiguous
+    assert not other.bank.is_contiguous()
+    loop = torch.zeros(4, 5, 4)
+    fast.update(e, y, x)
+    other.update(e, y, x)
+    reference.loop_memory_update(loop, e, y, x)
+    assert torch.equal(fast.bank, loop) and torch.equal(other.bank, loop) and loop.abs().sum() > 0
