@@ -16,8 +16,9 @@ from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
 from sadcl.zoo.weights import save_safetensors
 
 # save_figure writes at 100 dpi: an attention panel (3 in) is 300 px, an embedding plot (8 x 6.5 in) 800 x 650 px.
-MEAN_SHARE_MIN = 0.5
-TOP_CELL_MIN = 0.8
+# The packaged model measured 0.857 / 0.987 (n=300, seed 0; 0.863 / 0.979 on n=2000); chance is 0.25 / 0.25.
+MEAN_SHARE_MIN = 0.7
+TOP_CELL_MIN = 0.9
 
 
 def png_size(path):

@@ -104,7 +104,7 @@ class SADCL(nn.Module):
         freeze_stem: bool = True,
     ) -> None:
         super().__init__()
-        label_names = _resolve_labels(num_classes, label_names)
+        label_names = resolve_labels(num_classes, label_names)
         self.config: dict[str, Any] = dict(
             backbone=backbone, num_classes=len(label_names), label_names=list(label_names), img_size=img_size,
             hidden_dim=hidden_dim, ffn_dim=ffn_dim, num_heads=num_heads, num_encoder_layers=num_encoder_layers,
@@ -146,7 +146,7 @@ class SADCL(nn.Module):
 
     def reset_classifier(self, num_classes: int, label_names: Sequence[str] | None = None) -> None:
         """Re-initialise only the label-specific parameters (queries, head, prototypes) for a new label set."""
-        label_names = _resolve_labels(num_classes, label_names)
+        label_names = resolve_labels(num_classes, label_names)
         self._init_label_parameters(len(label_names))
         self.config.update(num_classes=len(label_names), label_names=list(label_names))
         self.pretrained_cfg = dict(self.pretrained_cfg, label_names=list(label_names), num_classes=len(label_names))
@@ -197,7 +197,8 @@ class SADCL(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _resolve_labels(num_classes: int | None, label_names: Sequence[str] | None) -> list[str]:
+def resolve_labels(num_classes: int | None, label_names: Sequence[str] | None) -> list[str]:
+    """The label names a model with these arguments has (names by index when only a count is given)."""
     if label_names is None:
         if num_classes is None or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer (or give label_names), got {num_classes!r}")

@@ -28,23 +28,33 @@ def checkpoint_labels(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[
     return None
 
 
+def same_label_set(
+    state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None, label_names: list[str]
+) -> bool:
+    """Whether a checkpoint was trained on exactly these labels (by name when it records them, else by count)."""
+    ckpt_labels = checkpoint_labels(state_dict, metadata)
+    ckpt_classes = state_dict["fc.b"].shape[-1] if "fc.b" in state_dict else None
+    return ckpt_classes == len(label_names) and (ckpt_labels is None or ckpt_labels == label_names)
+
+
 def load_pretrained(
     model: SADCL,
     state_dict: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
     *,
     source: str = "checkpoint",
+    assign: bool = False,
 ) -> list[str]:
     """Load ``state_dict`` into ``model`` strictly.
 
     When the checkpoint's label set (names, or count) differs from the model's, every parameter except the
     label-specific ones (``query_embed``, ``fc``, ``prototypes``) is loaded strictly and those keep their fresh
-    initialisation; a :class:`HeadChangeWarning` says so. Returns the re-initialised keys.
+    initialisation; a :class:`HeadChangeWarning` says so. Returns the re-initialised keys. ``assign`` takes the
+    checkpoint's tensors (cast to the model's dtypes) instead of copying them: for a model built on the meta device.
     """
     state_dict = dict(state_dict)
-    ckpt_labels = checkpoint_labels(state_dict, metadata)
     ckpt_classes = state_dict["fc.b"].shape[-1] if "fc.b" in state_dict else None
-    same_head = ckpt_classes == model.num_classes and (ckpt_labels is None or ckpt_labels == model.label_names)
+    same_head = same_label_set(state_dict, metadata, model.label_names)
     reinit: list[str] = []
     if not same_head:
         reinit = [k for k in LABEL_SPECIFIC_KEYS if k in state_dict]
@@ -66,7 +76,9 @@ def load_pretrained(
         lines.append("Check that the model's architecture overrides (backbone, hidden_dim, ...) match the checkpoint; "
                      "for an authors'/Query2Label checkpoint use sadcl.load_official_checkpoint.")
         raise RuntimeError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=same_head)
+    if assign:
+        state_dict = {k: v.to(expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=same_head, assign=assign)
     if reinit:
         warnings.warn(
             f"{source}: label set differs from the checkpoint ({ckpt_classes} labels → {model.num_classes}); "

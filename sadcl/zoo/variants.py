@@ -5,6 +5,7 @@ Every variant is a thin factory over :class:`sadcl.model.SADCL`, registered with
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import inspect
@@ -14,11 +15,13 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+import torch
 from timm.models import register_model
 
 from ..model import SADCL
+from ..model.sadcl import resolve_labels
 from . import weights as _weights
-from .loading import load_pretrained
+from .loading import load_pretrained, same_label_set
 
 _POSTER = "Ma et al., ECAI 2023, poster tables (shared/paper); not re-run here"
 _PAPER_ARCH = dict(backbone="resnet101.tv_in1k", hidden_dim=2048, ffn_dim=8192, num_heads=4,
@@ -176,18 +179,10 @@ def _build(
         if kwargs["num_classes"] != len(args["label_names"]):
             args.pop("label_names")  # a new label set of that size, named by index
     args.update(kwargs)
-    if pretrained or checkpoint_path is not None:
+    loading = pretrained or checkpoint_path is not None
+    state_dict = metadata = path = None
+    if loading:
         args["pretrained_backbone"] = False  # the checkpoint holds the backbone too: download nothing extra
-    model = SADCL(**args)
-
-    meta = pretrained_cfg_for(name)
-    size = model.config["img_size"]
-    meta.update(input_size=(3, size, size), label_names=model.label_names, num_classes=model.num_classes)
-    if kwargs:  # overrides change the architecture or the label set: count what was built
-        meta["num_params"] = sum(p.numel() for p in model.parameters())
-    model.pretrained_cfg = meta
-
-    if pretrained or checkpoint_path is not None:
         record = _weights_record(name)
         if record is None and checkpoint_path is None:
             raise _weights.NoPretrainedWeightsError(
@@ -198,7 +193,21 @@ def _build(
             )
         path = _weights.resolve_checkpoint(record, variant=name, cache_dir=cache_dir, checkpoint_path=checkpoint_path)
         state_dict, metadata = _weights.read_safetensors(path)
-        load_pretrained(model, state_dict, metadata, source=str(path))
+    # When the checkpoint will overwrite every parameter, build on the meta device and assign its tensors:
+    # initialising ~200 M random weights first would cost most of the loading time.
+    same_head = loading and same_label_set(state_dict, metadata, resolve_labels(args.get("num_classes"),
+                                                                                args.get("label_names")))
+    with torch.device("meta") if same_head else contextlib.nullcontext():
+        model = SADCL(**args)
+
+    meta = pretrained_cfg_for(name)
+    size = model.config["img_size"]
+    meta.update(input_size=(3, size, size), label_names=model.label_names, num_classes=model.num_classes)
+    if kwargs:  # overrides change the architecture or the label set: count what was built
+        meta["num_params"] = sum(p.numel() for p in model.parameters())
+    model.pretrained_cfg = meta
+    if loading:
+        load_pretrained(model, state_dict, metadata, source=str(path), assign=same_head)
     return model
 
 
