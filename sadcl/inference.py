@@ -69,7 +69,17 @@ def _to_channels_last(model: SADCL) -> None:
         model.to(memory_format=torch.channels_last)
 
 
-@torch.inference_mode()
+def _prepare(model: SADCL, device: str | torch.device | None, channels_last: bool) -> torch.device:
+    """Move (and re-layout) the model outside inference mode: parameters created inside it could never be
+    trained again ("Inference tensors cannot be saved for backward")."""
+    dev = _device(model, device)
+    with torch.no_grad():
+        model.to(dev)
+        if channels_last:
+            _to_channels_last(model)
+    return dev
+
+
 def predict_scores(
     model: SADCL, images: Images, *, batch_size: int = 16, device: str | torch.device | None = None,
     progress: bool = False,
@@ -81,15 +91,16 @@ def predict_scores(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = _device(model, device)
+    dev = _prepare(model, device, channels_last=True)
     was_training = model.training
-    model.eval().to(dev)
-    _to_channels_last(model)
+    model.eval()
     try:
-        out = [
-            torch.sigmoid(model(x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)).float()).cpu()
-            for x in _batches(model, images, batch_size, progress)
-        ]
+        with torch.inference_mode():
+            out = [
+                torch.sigmoid(model(x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)))
+                .float().cpu()
+                for x in _batches(model, images, batch_size, progress)
+            ]
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.num_classes)
@@ -128,19 +139,19 @@ def predict(
     return results
 
 
-@torch.inference_mode()
 def attention_maps(
     model: SADCL, images: Images, *, batch_size: int = 16, device: str | torch.device | None = None
 ) -> torch.Tensor:
     """Category-related attention maps ``[B, C, H, W]``: for each label query, the last decoder layer's
     cross-attention over the feature grid, averaged over heads (each map sums to 1)."""
-    dev = _device(model, device)
+    dev = _prepare(model, device, channels_last=False)
     was_training = model.training
-    model.eval().to(dev)
+    model.eval()
     maps = []
     try:
-        for x in _batches(model, images, batch_size, False):
-            maps.append(model.forward_attention(x.to(dev))[1].float().cpu())
+        with torch.inference_mode():
+            for x in _batches(model, images, batch_size, False):
+                maps.append(model.forward_attention(x.to(dev))[1].float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(maps)

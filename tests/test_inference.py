@@ -95,10 +95,15 @@ def test_bad_files_are_named(model, tmp_path):
         sadcl.predict(model, torch.zeros(3, 64, 64))
 
 
-def test_restores_training_mode_and_uses_inference_mode(model, images):
+def test_restores_training_mode_and_model_stays_trainable(model, images):
     model.train()
     sadcl.predict(model, images["rgb"])
+    sadcl.attention_maps(model, images["rgb"])
     assert model.training
+    assert not any(p.is_inference() for p in model.parameters())
+    x = torch.stack([preprocess(images["rgb"], model.pretrained_cfg)] * 2)
+    model(x).sum().backward()  # still trainable after predict (parameters are not inference tensors)
+    model.zero_grad()
     model.eval()
 
 
