@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -167,7 +168,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--output", dest="output_dir", default=S, help="run folder (default: runs/sadcl)")
     r.add_argument("--resume", default=S, metavar="RUN", help="continue a run exactly (its folder or last.pt)")
     r.add_argument("--stop-after-epochs", type=int, default=S, help="end this run after N epochs (resume later)")
-    r.add_argument("--num-workers", type=int, default=S, help="data-loading processes (default: 4)")
+    r.add_argument("--num-workers", type=int, default=S, help="data-loading processes (default: min(4, CPU cores))")
     r.add_argument("--device", default=S, help="cpu, cuda … (default: cuda when available)")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=S)
     r.add_argument("--log-interval", type=int, default=S, help="steps between log.jsonl records (default: 50)")
@@ -224,7 +225,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _data_args(p, lambda d: d, training=False)
     p.add_argument("--img-size", type=int, help="evaluation resolution (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="data-loading processes (default: min(4, CPU cores))")
     p.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16", help="CUDA autocast (default: bf16)")
     p.add_argument("--threshold", type=float, default=0.5, help="score threshold (default: 0.5)")

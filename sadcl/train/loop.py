@@ -115,6 +115,10 @@ _CONSTRUCTOR_KEYS = tuple(p for p in inspect.signature(SADCL.__init__).parameter
 _DDP_PARAMS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
+# Data-loading processes: 4, or fewer on a machine with fewer cores (more would only compete with training).
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite: the run stops, and the last good checkpoint is kept."""
 
@@ -303,7 +307,7 @@ class TrainConfig:
     # run
     resume: str | None = None
     stop_after_epochs: int | None = None
-    num_workers: int = 4
+    num_workers: int = DEFAULT_WORKERS
     device: str | None = None
     progress: bool | None = None
     log_interval: int = 50
@@ -1130,7 +1134,7 @@ def evaluate_checkpoint(
     *,
     img_size: int | None = None,
     batch_size: int = 32,
-    num_workers: int = 4,
+    num_workers: int = DEFAULT_WORKERS,
     device: str | None = None,
     amp: str = "bf16",
     threshold: float = 0.5,
