@@ -151,7 +151,7 @@ def _check_name(name: str) -> None:
         raise ValueError(f"Unknown SADCL model {name!r}.{hint} Available: {', '.join(list_models())}.")
 
 
-def _build(
+def create_model(
     name: str,
     pretrained: bool = False,
     *,
@@ -159,17 +159,23 @@ def _build(
     cache_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> SADCL:
+    """Build a registered SADCL variant, optionally with its verified checkpoint.
+
+    ``name`` may also be ``"hf-hub:ORG/REPO[@revision]"`` or a folder written by ``sadcl export``.
+
+    ``kwargs`` override any :class:`SADCL` constructor keyword (``backbone``, ``hidden_dim``, ``label_names`` …).
+    With ``num_classes``/``label_names`` different from the checkpoint, everything else loads strictly and only
+    the label-specific parameters are re-initialised.
+    """
     from .export import is_exported_name, load_exported
 
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay"):  # passed by timm.create_model; ours is the table
+        kwargs.pop(key, None)
     if is_exported_name(name):  # hf-hub:ORG/REPO[@rev], local-dir:PATH, or an export folder
         if checkpoint_path is not None:
             raise TypeError("checkpoint_path cannot be combined with an hf-hub:/local-dir:/folder model name")
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay"):
-            kwargs.pop(key, None)
         return load_exported(name, cache_dir=cache_dir, **kwargs)
     _check_name(name)
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay"):  # passed by timm.create_model; ours is the table
-        kwargs.pop(key, None)
     unknown = sorted(set(kwargs) - set(_CONSTRUCTOR_KEYS))
     if unknown:
         raise TypeError(f"create_model({name!r}) got unknown keyword(s) {unknown}; valid: {list(_CONSTRUCTOR_KEYS)}")
@@ -213,7 +219,7 @@ def _build(
 
 def _make_factory(name: str):
     def factory(pretrained: bool = False, **kwargs: Any) -> SADCL:
-        return _build(name, pretrained, **kwargs)
+        return create_model(name, pretrained, **kwargs)
 
     factory.__name__ = factory.__qualname__ = name
     cfg = VARIANTS[name]
@@ -228,22 +234,3 @@ def _make_factory(name: str):
 
 for _name in VARIANTS:
     globals()[_name] = register_model(_make_factory(_name))
-
-
-def create_model(
-    name: str,
-    pretrained: bool = False,
-    *,
-    checkpoint_path: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> SADCL:
-    """Build a registered SADCL variant, optionally with its verified checkpoint.
-
-    ``name`` may also be ``"hf-hub:ORG/REPO[@revision]"`` or a folder written by ``sadcl export``.
-
-    ``kwargs`` override any :class:`SADCL` constructor keyword (``backbone``, ``hidden_dim``, ``label_names`` …).
-    With ``num_classes``/``label_names`` different from the checkpoint, everything else loads strictly and only
-    the label-specific parameters are re-initialised.
-    """
-    return _build(name, pretrained, checkpoint_path=checkpoint_path, cache_dir=cache_dir, **kwargs)
