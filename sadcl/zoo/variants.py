@@ -113,15 +113,18 @@ def read_labels(name: str) -> tuple[str, ...]:
     return tuple(line for line in text.splitlines() if line)
 
 
-def _weights_record(name: str) -> _weights.WeightsRecord | None:
+def _weights_table() -> dict[str, _weights.WeightsRecord | None]:
     # SADCL_WEIGHTS_JSON points at another table (a private mirror of checkpoints, or a test's).
-    return _weights.load_weights_table(os.environ.get("SADCL_WEIGHTS_JSON") or None).get(name)
+    return _weights.load_weights_table(os.environ.get("SADCL_WEIGHTS_JSON") or None)
 
 
 def pretrained_cfg_for(name: str) -> dict[str, Any]:
     """The metadata of a variant, as attached to ``model.pretrained_cfg`` (cf. torchvision's ``meta``)."""
+    return _pretrained_cfg(name, _weights_table().get(name))
+
+
+def _pretrained_cfg(name: str, record: _weights.WeightsRecord | None) -> dict[str, Any]:
     cfg = VARIANTS[name]
-    record = _weights_record(name)
     return dict(
         architecture=name, dataset=cfg.dataset, description=cfg.description,
         input_size=(3, cfg.img_size, cfg.img_size), train_size=cfg.train_size or cfg.img_size,
@@ -141,7 +144,8 @@ def list_models(filter: str = "*") -> list[str]:
 
 def list_pretrained(filter: str = "*") -> list[str]:
     """Names of the variants whose checkpoint is recorded in ``weights.json``."""
-    return [n for n in list_models(filter) if _weights_record(n) is not None]
+    table = _weights_table()
+    return [n for n in list_models(filter) if table.get(n) is not None]
 
 
 def _check_name(name: str) -> None:
@@ -187,9 +191,9 @@ def create_model(
     args.update(kwargs)
     loading = pretrained or checkpoint_path is not None
     state_dict = metadata = path = None
+    record = _weights_table().get(name)
     if loading:
         args["pretrained_backbone"] = False  # the checkpoint holds the backbone too: download nothing extra
-        record = _weights_record(name)
         if record is None and checkpoint_path is None:
             raise _weights.NoPretrainedWeightsError(
                 f"No checkpoint has been published for {name!r} (the authors released none, and weights.json has "
@@ -206,7 +210,7 @@ def create_model(
     with torch.device("meta") if same_head else contextlib.nullcontext():
         model = SADCL(**args)
 
-    meta = pretrained_cfg_for(name)
+    meta = _pretrained_cfg(name, record)  # the record read above: weights.json once per call
     size = model.config["img_size"]
     meta.update(input_size=(3, size, size), label_names=model.label_names, num_classes=model.num_classes)
     if kwargs:  # overrides change the architecture or the label set: count what was built
