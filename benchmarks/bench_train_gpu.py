@@ -114,9 +114,10 @@ def bank_update_timing(device: torch.device, quick: bool, rounds: int) -> dict[s
     """The memory-bank update alone on the device (COCO shape): ``MemoryBank.update`` vs the per-label loop."""
     B, C, D = (4, 10, 16) if quick else (32, 80, 2048)
     g = torch.Generator().manual_seed(5)
-    y = _common.multilabel_targets(B, C, 2.9 if not quick else 2.0).to(device)
+    y = _common.multilabel_targets(B, C, 2.9 if not quick else 2.0)
     logits = torch.where(y > 0.5, 2.5 + 1.5 * torch.randn(B, C, generator=g),
                          -4.0 + 1.5 * torch.randn(B, C, generator=g)).to(device)
+    y = y.to(device)
     h = torch.randn(B, C, D, generator=g).to(device)
     bank = MemoryBank(B, C, D).to(device)
     loop_bank = bank.bank.clone()
