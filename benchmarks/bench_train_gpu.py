@@ -6,11 +6,14 @@
 ``sadcl_coco_448`` (random weights), B=32 images of 448 px, COCO-like labels, the full SADCL objective
 (ASL + 100·SSCL + 50·PSCL) with the memory bank read before and updated after the losses, AdamW step.
 
-* ``ours``: bf16 autocast, channels_last model and input, fused AdamW, our losses (positive-only SSCL),
-  vectorised ``MemoryBank.update``; with ``--compile`` the forward is ``torch.compile``d.
-* ``authors``: fp16 autocast with a GradScaler, NCHW, the dense (V·B·C)² contrastive loss and the
+* ``ours``: the library's defaults: frozen BatchNorm folded into the convolutions, bf16 autocast,
+  channels_last model and input, fused AdamW, our losses (positive-only SSCL), vectorised
+  ``MemoryBank.update``; with ``--compile`` the forward is ``torch.compile``d.
+* ``authors``: frozen BatchNorm as a separate module, fp16 autocast with a GradScaler, NCHW, the dense (V·B·C)² contrastive loss and the
   cosine-similarity prototype loss of ``dense_reference.py``, the per-label Python loop for the bank
   (a device sync per positive label), AdamW without ``foreach``/``fused`` (the for-loop of older torch).
+  The GradScaler's first steps overflow at its initial scale and skip the optimizer; warm-up goes on until
+  a step is not skipped, so only steady-state steps are timed (skipped timed steps are counted).
 
 Both models live on the device together; their steps alternate in rounds after warm-up (steps are timed
 with ``torch.cuda.synchronize``). Memory: the static footprint (weights, gradients, optimizer state, bank)
@@ -59,7 +62,7 @@ class Setup:
         self.name, self.device = name, device
         ours = name == "ours"
         torch.manual_seed(0)
-        model = sadcl.create_model(variant).to(device).train()
+        model = sadcl.create_model(variant, fold_frozen_bn=ours).to(device).train()
         if ours:
             model.to(memory_format=torch.channels_last)
         self.model = model
@@ -170,8 +173,15 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         for _ in range(warmup):
             s.step(x, y)
+        extra = 0
+        while s.scaler.is_enabled() and extra < 50:  # until the GradScaler stops skipping optimizer steps
+            before = s.scaler.get_scale()
+            s.step(x, y)
+            extra += 1
+            if s.scaler.get_scale() >= before:
+                break
         _sync(device)
-        report["configs"][name] = {"warmup_s": time.perf_counter() - t0}
+        report["configs"][name] = {"warmup_s": time.perf_counter() - t0, "warmup_steps": warmup + extra}
         if static[name] is not None:  # + gradients and optimizer state, allocated by the first steps
             static[name] += sum(t.numel() * t.element_size() for st in s.optimizer.state.values()
                                 for t in st.values() if torch.is_tensor(t))
@@ -179,6 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     times: dict[str, list[float]] = {name: [] for name in setups}
     peaks: dict[str, list[int]] = {name: [] for name in setups}
+    skipped = {name: 0 for name in setups}
+    scale_before = {name: (s.scaler.get_scale() if s.scaler.is_enabled() else 1.0) for name, s in setups.items()}
     for r in range(rounds):
         for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
             s = setups[name]
@@ -191,6 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
                 s.step(x, y)
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
+                if s.scaler.is_enabled() and s.scaler.get_scale() < scale_before[name]:
+                    skipped[name] += 1
+                scale_before[name] = s.scaler.get_scale() if s.scaler.is_enabled() else 1.0
                 if start_alloc is not None:
                     peaks[name].append(torch.cuda.max_memory_allocated(device) - start_alloc)
 
@@ -198,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in setups:
         med = statistics.median(times[name])
         c = report["configs"][name]
-        c.update(time=_common.summary(times[name]), images_per_s=batch / med)
+        c.update(time=_common.summary(times[name]), images_per_s=batch / med, skipped_optimizer_steps=skipped[name])
         if peaks[name]:
             c["step_extra_peak_mib"] = max(peaks[name]) / _MiB
             c["static_mib"] = static[name] / _MiB

@@ -15,6 +15,7 @@ import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
+from .frozen_bn import fold_frozen_batch_norm
 from .position import sine_position_encoding
 from .transformer import Transformer
 
@@ -84,6 +85,9 @@ class SADCL(nn.Module):
         freeze_bn: freeze every BatchNorm (the recipe, for an ImageNet-initialised backbone).
         freeze_stem: freeze the stem and first stage (the recipe); set both to False to train a
             backbone from scratch.
+        fold_frozen_bn: with ``freeze_bn``, apply each frozen BatchNorm of a ResNet backbone inside the
+            convolution before it (the same function, fewer passes over the activations; ``frozen_bn.py``).
+            The ``state_dict`` is the same either way.
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class SADCL(nn.Module):
         pretrained_backbone: bool = False,
         freeze_bn: bool = True,
         freeze_stem: bool = True,
+        fold_frozen_bn: bool = True,
     ) -> None:
         super().__init__()
         label_names = resolve_labels(num_classes, label_names)
@@ -119,6 +124,8 @@ class SADCL(nn.Module):
             raise ValueError(f"backbone {backbone!r} is not a timm model: {e}") from e
         if freeze_bn:  # BatchNorm frozen everywhere, as the authors
             self.backbone = freeze_batch_norm_2d(self.backbone)
+            if fold_frozen_bn:
+                fold_frozen_batch_norm(self.backbone)
         if freeze_stem:
             _freeze_stem_and_first_stage(self.backbone)
         channels = self.backbone.num_features

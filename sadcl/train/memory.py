@@ -89,9 +89,9 @@ class MemoryBank(nn.Module):
             rows = mask.to(self.bank.device).flatten().nonzero().squeeze(1)
             picked = embeddings.detach().reshape(-1, self.dim).index_select(0, rows)
             self.bank.view(-1, self.dim).index_copy_(0, rows, picked.to(self.bank.dtype))
-        else:
+        else:  # written in place (out= the slots themselves): no temporary of the bank's size
             slots = self.bank[:B]
-            slots.copy_(torch.where(mask.to(self.bank.device)[..., None], embeddings.detach().to(self.bank), slots))
+            torch.where(mask.to(self.bank.device)[..., None], embeddings.detach().to(self.bank), slots, out=slots)
 
     def read(self, batch_size: int) -> Tensor:
         """The first ``batch_size`` slots ``[B, C, D]``, as a copy.
