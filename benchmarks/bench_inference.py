@@ -5,11 +5,12 @@
 ``sadcl_coco_448`` (random weights) at batch 1 and 4. Contenders, timed in alternating rounds with a
 2048×2048 @ 2048×2048 fp32 matmul (the machine's reference rate, measured in the same rounds):
 
-* ``eager_nchw``: the baseline, ``model(x)`` in ``torch.inference_mode`` with NCHW model and input;
+* ``eager_nchw``: the baseline, plain eager: ``model(x)`` in ``torch.inference_mode`` with NCHW model and
+  input and each frozen BatchNorm as its own module (``fold_frozen_bn=False``, as timm builds it);
 * ``predict``: ``sadcl.predict(model, x)`` (channels_last model and input, sigmoid, ranked label dicts);
-* ``eager_channels_last``: the forward alone in channels_last (what ``predict`` runs);
-* ``eager_mixed_layouts``: channels_last input into the NCHW model (what ``predict`` ran before it converted
-  the model's weights);
+* ``eager_channels_last``: the forward alone of the default model (frozen BatchNorm folded into the
+  convolutions) in channels_last: what ``predict`` runs;
+* ``eager_mixed_layouts``: channels_last input into the baseline's NCHW model;
 * ``jit_freeze``: ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference`` of the channels_last model;
 * ``compile`` (with ``--compile``; compiling the ResNet-101 takes minutes on 2 cores): ``torch.compile``.
 
@@ -22,7 +23,6 @@ when registered, else ``sadcl_tiny``) through ``predict``. bf16 is not used: res
 from __future__ import annotations
 
 import contextlib
-import copy
 import statistics
 import sys
 import time
@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
     n_mm = 256 if quick else 2048
 
     torch.manual_seed(0)
-    model_nchw = sadcl.create_model(name).eval()
-    model_cl = copy.deepcopy(model_nchw).to(memory_format=torch.channels_last)
+    model_nchw = sadcl.create_model(name, fold_frozen_bn=False).eval()
+    model_cl = sadcl.create_model(name).eval()  # the default: frozen BatchNorm folded (same state_dict)
+    model_cl.load_state_dict(model_nchw.state_dict())
+    model_cl.to(memory_format=torch.channels_last)
     size = model_nchw.pretrained_cfg["input_size"][-1]
     a = torch.randn(n_mm, n_mm)
     matmul_flops = 2 * n_mm**3

@@ -31,28 +31,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import _common
 import sadcl
 from dense_reference import dense_prototype_contrastive, dense_sample_contrastive, loop_memory_update
+from sadcl.train.loop import _TrainForward
 from sadcl.train.losses import AsymmetricLoss, SADCLCriterion
 from sadcl.train.memory import MemoryBank
 
 _MiB = 1024 * 1024
-
-
-class TrainForward(nn.Module):
-    """The training forward: label embeddings, logits, projected embeddings / bank / prototypes."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, bank: Tensor) -> tuple[Tensor, ...]:
-        h = self.model.forward_features(x)
-        logits = self.model.forward_head(h)
-        return h, logits, self.model.project(h), self.model.project(bank), self.model.project(self.model.prototypes)
 
 
 class Setup:
@@ -76,7 +64,7 @@ class Setup:
         else:
             self.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2, foreach=False)
         self.scaler = torch.amp.GradScaler(device.type, enabled=not ours)
-        forward = TrainForward(model)
+        forward = _TrainForward(model, project=True, prototypes=True)  # the trainer's forward
         self.forward: Callable[..., tuple[Tensor, ...]] = torch.compile(forward) if (ours and use_compile) else forward
         self.criterion = SADCLCriterion()  # ASL(γ−=4), SSCL(τ=0.2), PSCL(τ=0.07); weights 1, 100, 50
         self.asl = AsymmetricLoss()

@@ -157,6 +157,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--clip-grad", type=float, default=S, help="max gradient norm (default: none)")
     t.add_argument("--amp", choices=("bf16", "fp16", "none"), default=S, help="CUDA autocast (default: bf16)")
     t.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S)
+    t.add_argument("--compile", action="store_true", default=S,
+                   help="torch.compile the training forward (minutes to compile, then faster steps)")
     t.add_argument("--augment", choices=("sadcl", "baseline", "none"), default=S,
                    help="sadcl: multi-scale crop + flip; baseline: cutout + RandAugment (default: by objective)")
     t.add_argument("--no-flip", dest="flip", action="store_false", default=S)

@@ -3,7 +3,6 @@ import csv
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 import sadcl

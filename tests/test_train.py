@@ -163,6 +163,23 @@ def test_resume_is_bit_exact(fashion_root, tmp_path):
     assert [r["event"] for r in read_log(split)].count("start") == 2  # the log is appended to
 
 
+def test_compiled_forward_trains_like_eager(fashion_root, tmp_path):
+    """`compile=True` (torch.compile of the training forward) follows the eager run: the second step's loss
+    depends on the first step's gradients, so equal losses mean equal forward and backward."""
+    train_ds, _ = datasets(fashion_root, augment=False)
+    no_dropout = dict(TINY, dropout=0.0)  # compiled dropout draws other random numbers than eager
+    train(config(tmp_path / "eager", epochs=1, model_args=no_dropout), train_dataset=train_ds)
+    trainer = Trainer(config(tmp_path / "compiled", epochs=1, model_args=no_dropout, compile=True),
+                      train_dataset=train_ds)
+    assert isinstance(trainer.forward_module, torch._dynamo.eval_frame.OptimizedModule)
+    trainer.fit()
+    losses = {k: [r["loss"] for r in read_log(tmp_path / k) if r["event"] == "step"] for k in ("eager", "compiled")}
+    assert len(losses["eager"]) == 2 and np.allclose(losses["eager"], losses["compiled"], rtol=1e-4, atol=0)
+    # The checkpoint holds the plain model, not the compiled wrapper.
+    eager, compiled = (load_training_checkpoint(tmp_path / k)["model"] for k in ("eager", "compiled"))
+    assert eager.keys() == compiled.keys()
+
+
 # ----------------------------------------------------------------------------- failures
 @pytest.mark.parametrize("bad_call,where", [(3, "epoch 1, step 1"), (0, "epoch 0, step 0")])
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(bad_call, where, fashion_root, tmp_path,
