@@ -120,6 +120,11 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> No
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name for a CUDA device, else the CPU model: what a results file says the figures ran on."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
+
+
 # ----------------------------------------------------------------------------- inputs
 def multilabel_targets(B: int, C: int, positives_per_image: float, seed: int = 0) -> torch.Tensor:
     """COCO-like float labels ``[B, C]``: per image ``1 + Poisson(m − 1)`` positives (mean ``m``), drawn without

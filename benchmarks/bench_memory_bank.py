@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     configs = QUICK_CONFIGS if args.quick else CONFIGS
     rounds = args.rounds or (3 if args.quick else 15)
     min_call_s = 0.002 if args.quick else 0.02
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _common.machine_info()["cpu"]
+    device_name = _common.device_name(device)
     report = _common.result_header("bench_memory_bank.py", args, argv, device=str(device), device_name=device_name,
                                    results=[])
     rows = []

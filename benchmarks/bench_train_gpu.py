@@ -35,6 +35,7 @@ from torch import Tensor
 
 import _common
 import sadcl
+from bench_memory_bank import CONFIGS, QUICK_CONFIGS, make_step
 from dense_reference import dense_prototype_contrastive, dense_sample_contrastive, loop_memory_update
 from sadcl.train.loop import _TrainForward
 from sadcl.train.losses import AsymmetricLoss, SADCLCriterion
@@ -103,13 +104,10 @@ def _allocated(device: torch.device) -> int | None:
 
 def bank_update_timing(device: torch.device, quick: bool, rounds: int) -> dict[str, Any]:
     """The memory-bank update alone on the device (COCO shape): ``MemoryBank.update`` vs the per-label loop."""
-    B, C, D = (4, 10, 16) if quick else (32, 80, 2048)
-    g = torch.Generator().manual_seed(5)
-    y = _common.multilabel_targets(B, C, 2.9 if not quick else 2.0)
-    logits = torch.where(y > 0.5, 2.5 + 1.5 * torch.randn(B, C, generator=g),
-                         -4.0 + 1.5 * torch.randn(B, C, generator=g)).to(device)
-    y = y.to(device)
-    h = torch.randn(B, C, D, generator=g).to(device)
+    cfg = (QUICK_CONFIGS if quick else CONFIGS)["coco"]
+    B, C, D = cfg["B"], cfg["C"], cfg["D"]
+    step = {k: v.to(device) for k, v in make_step(**cfg).items()}
+    h, y, logits = step["embeddings"], step["targets"], step["logits"]
     bank = MemoryBank(B, C, D).to(device)
     loop_bank = bank.bank.clone()
     fns = {"ours": lambda: bank.update(h, y, logits), "loop": lambda: loop_memory_update(loop_bank, h, y, logits)}
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     warmup = 1 if args.quick else 3
 
     t_start = time.perf_counter()
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _common.machine_info()["cpu"]
+    device_name = _common.device_name(device)
     report = _common.result_header("bench_train_gpu.py", args, argv, device=str(device), device_name=device_name,
                                    model=variant, batch=batch,
                                    compile=bool(args.compile), configs={})
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     times: dict[str, list[float]] = {name: [] for name in setups}
     peaks: dict[str, list[int]] = {name: [] for name in setups}
     skipped = {name: 0 for name in setups}
-    scale_before = {name: (s.scaler.get_scale() if s.scaler.is_enabled() else 1.0) for name, s in setups.items()}
+    scale_before = {name: s.scaler.get_scale() for name, s in setups.items()}  # 1.0 for a disabled scaler
     for r in range(rounds):
         for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
             s = setups[name]
@@ -191,9 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
                 s.step(x, y)
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
-                if s.scaler.is_enabled() and s.scaler.get_scale() < scale_before[name]:
-                    skipped[name] += 1
-                scale_before[name] = s.scaler.get_scale() if s.scaler.is_enabled() else 1.0
+                scale = s.scaler.get_scale()
+                skipped[name] += scale < scale_before[name]  # a GradScaler lowers its scale when it skips a step
+                scale_before[name] = scale
                 if start_alloc is not None:
                     peaks[name].append(torch.cuda.max_memory_allocated(device) - start_alloc)
 

@@ -27,6 +27,7 @@ import torch
 import _common
 import sadcl
 from sadcl.inference import predict_scores
+from bench_memory_bank import make_step
 from dense_reference import dense_prototype_contrastive, dense_sample_contrastive, loop_memory_update
 from sadcl.train.losses import PrototypeContrastiveLoss, SampleContrastiveLoss
 from sadcl.train.memory import MemoryBank
@@ -78,10 +79,9 @@ def check_losses(device: torch.device, checks: list[dict[str, Any]]) -> None:
 
 def check_memory_bank(device: torch.device, checks: list[dict[str, Any]]) -> None:
     B, C, D = 32, 80, 256
+    first = make_step(B, C, D, 2.9, seed=1)
+    start, y, logits = first["embeddings"], first["targets"], first["logits"]
     g = torch.Generator().manual_seed(5)
-    y = _common.multilabel_targets(B, C, 2.9, seed=1)
-    logits = torch.where(y > 0.5, 2.5 + 1.5 * torch.randn(B, C, generator=g), -4.0 + 1.5 * torch.randn(B, C, generator=g))
-    start = torch.randn(B, C, D, generator=g)
     ours = MemoryBank(B, C, D).to(device)
     ours.bank.copy_(start.to(device))
     ref = start.clone()
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     check_losses(device, checks)
     check_memory_bank(device, checks)
     check_default_model(device, checks)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _common.machine_info()["cpu"]
+    device_name = _common.device_name(device)
     report = _common.result_header("cuda_checks.py", argparse.Namespace(quick=False), argv, device=str(device),
                                    device_name=device_name, checks=checks, all_ok=all(c["ok"] for c in checks))
     _common.write_json(args.out, report)

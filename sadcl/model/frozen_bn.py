@@ -12,8 +12,9 @@ identity in the forward pass; the convolution reads the statistics through a ref
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
 from timm.layers.norm_act import FrozenBatchNorm2d  # torchvision's class, as freeze_batch_norm_2d makes
+from timm.models.resnet import ResNet
+from torch import Tensor, nn
 
 __all__ = ["FoldedFrozenBatchNorm2d", "FrozenBNConv2d", "fold_frozen_batch_norm"]
 
@@ -56,8 +57,6 @@ def fold_frozen_batch_norm(backbone: nn.Module) -> int:
     in every block, ``Sequential(…, conv, bn)`` in downsampling paths, and the stem's last convolution
     → ``bn1``. Other backbones are left as they are (0 folded).
     """
-    from timm.models.resnet import ResNet
-
     if not isinstance(backbone, ResNet):
         return 0
     folded = 0
