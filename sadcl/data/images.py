@@ -8,12 +8,15 @@ with `ImageLoadError`, naming the file, instead of silently becoming a wrong tra
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .._files import not_regular_reason
 
 __all__ = ["ImageLoadError", "load_image", "to_rgb", "check_image"]
 
@@ -88,7 +91,9 @@ def load_image(image: PathOrImage) -> Image.Image:
     """Load an image file (or take a Pillow image) and return it upright, in 8-bit RGB.
 
     Raises:
-        ImageLoadError: the file is missing, not an image, truncated/corrupt, or in an unconvertible mode.
+        ImageLoadError: the file is missing, not a regular file (FIFO, device, directory, symlink loop:
+            refused without being opened), not an image, truncated/corrupt, larger than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (refused before decoding), or in an unconvertible mode.
             The message names the file and the reason.
     """
     if isinstance(image, Image.Image):
@@ -96,22 +101,29 @@ def load_image(image: PathOrImage) -> Image.Image:
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(f"load_image expects a file path or a PIL.Image, got {type(image).__name__}")
     path = Path(image)
-    if not path.exists():
-        raise ImageLoadError(f"cannot load image {path}: file not found")
-    if path.is_dir():
-        raise ImageLoadError(f"cannot load image {path}: it is a directory, not an image file")
+    # stat, never open, anything but a regular file: a FIFO named x.png would block forever.
+    not_regular = not_regular_reason(path)
+    if not_regular is not None:
+        raise ImageLoadError(f"cannot load image {path}: {not_regular}")
     try:
-        with Image.open(path) as opened:
-            opened.load()  # decode now: truncation and corruption surface here, not later in a worker
-            img = _upright(opened, str(path))
-            rgb = to_rgb(img, str(path))
-            if rgb is opened:  # detach from the file handle closed by the with-block
-                rgb = rgb.copy()
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too, before decoding.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()  # decode now: truncation and corruption surface here, not later in a worker
+                img = _upright(opened, str(path))
+                rgb = to_rgb(img, str(path))
+                if rgb is opened:  # detach from the file handle closed by the with-block
+                    rgb = rgb.copy()
     except ImageLoadError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"cannot load image {path}: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageLoadError(
+            f"cannot load image {path}: it declares more pixels than PIL.Image.MAX_IMAGE_PIXELS "
+            f"({Image.MAX_IMAGE_PIXELS}), possibly a decompression bomb, so it was not decoded; "
+            "if you trust the file, raise that limit"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
         reason = "not a recognised image file" if isinstance(exc, Image.UnidentifiedImageError) else str(exc)
         raise ImageLoadError(f"cannot load image {path}: {reason or type(exc).__name__}") from exc
     return rgb
