@@ -5,7 +5,7 @@
 dependencies = ["torch", "timm", "huggingface_hub", "safetensors", "PIL"]
 
 # The registered factories themselves (documented, one per variant); tests check this list is complete.
-from sadcl.zoo.variants import (  # noqa: E402,F401
+from sadcl.zoo.factory import (  # noqa: E402,F401
     sadcl_coco_448,
     sadcl_coco_576,
     sadcl_voc2007_448,

@@ -29,8 +29,7 @@ __all__ = [
     "train_transform",
 ]
 
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402 (one home for the constants)
 
 _PIL_RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -275,14 +274,18 @@ class RandAugment:
 
 
 def eval_transform(
-    img_size: int,
+    img_size: Union[int, Sequence[int]],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     interpolation: str = "bilinear",
 ) -> T.Compose:
-    """The authors' evaluation: Resize((s, s)) (aspect not kept) -> ToTensor -> Normalize."""
+    """The authors' evaluation: Resize((s, s)) (aspect not kept) -> ToTensor -> Normalize.
+
+    The one evaluation preprocessing of the package (``sadcl.predict``, ``sadcl eval``, training's validation);
+    timm's ``create_transform`` with ``crop_mode="squash", crop_pct=1.0`` builds the same steps.
+    """
     return T.Compose([
-        T.Resize((img_size, img_size), interpolation=_interpolation(interpolation)),
+        T.Resize(_pair(img_size), interpolation=_interpolation(interpolation)),
         T.ToTensor(),
         T.Normalize(mean=list(mean), std=list(std)),
     ])

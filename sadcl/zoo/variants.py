@@ -1,31 +1,26 @@
-"""The variant table: dataset, resolution, label set, paper metrics, weights; registered as timm factories.
+"""The variant table: dataset, resolution, label set, preprocessing, paper metrics. A pure registry.
 
-Every variant is a thin factory over :class:`sadcl.model.SADCL`, registered with timm so that
-``timm.create_model("sadcl_coco_448")`` and ``timm.list_models("sadcl_*")`` work once ``sadcl`` is imported.
+This module only describes variants; :mod:`sadcl.zoo.factory` builds them (and registers them with timm),
+so nothing here imports the factory, the export code or the Hub.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
-import inspect
 import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import torch
-from timm.models import register_model
-
-from ..model import SADCL
-from ..model.sadcl import resolve_labels
+from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from . import weights as _weights
-from .loading import load_pretrained, same_label_set
 
 _POSTER = "Ma et al., ECAI 2023, poster tables (shared/paper); not re-run here"
 _PAPER_ARCH = dict(backbone="resnet101.tv_in1k", hidden_dim=2048, ffn_dim=8192, num_heads=4,
                    num_encoder_layers=1, num_decoder_layers=2, dropout=0.1, proj_dim=1024)
+PAPER = "Semantic-Aware Dual Contrastive Learning for Multi-label Image Classification (Ma et al., ECAI 2023)"
+PAPER_IDS = "arXiv:2307.09715"
 
 
 @dataclass(frozen=True)
@@ -40,10 +35,19 @@ class VariantCfg:
     metrics: dict[str, float] | None = None  # the paper's (or our measured) results, in percent
     metrics_source: str | None = None
     train_size: int | None = None  # resolution used for training when it differs from evaluation
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     num_params: int | None = None  # of the default architecture, checked by the tests
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """Evaluation preprocessing: squash-resize to ``img_size``, normalise with ``mean``/``std``."""
+        return Preprocessing.square(self.img_size, mean=self.mean, std=self.std, interpolation=self.interpolation)
+
+    def constructor_args(self) -> dict[str, Any]:
+        """The :class:`sadcl.model.SADCL` keywords that build this variant."""
+        return dict(self.arch, img_size=self.img_size, label_names=list(read_labels(self.labels)))
 
 
 VARIANTS: dict[str, VariantCfg] = {
@@ -103,9 +107,6 @@ VARIANTS: dict[str, VariantCfg] = {
     ),
 }
 
-_CONSTRUCTOR_KEYS = tuple(p for p in inspect.signature(SADCL.__init__).parameters if p != "self")
-
-
 @lru_cache(maxsize=None)
 def read_labels(name: str) -> tuple[str, ...]:
     """Label names of a packaged label set (``coco80``, ``voc20``, ``nuswide81``, ``vg500``, ``fashion10``)."""
@@ -113,27 +114,31 @@ def read_labels(name: str) -> tuple[str, ...]:
     return tuple(line for line in text.splitlines() if line)
 
 
-def _weights_table() -> dict[str, _weights.WeightsRecord | None]:
-    # SADCL_WEIGHTS_JSON points at another table (a private mirror of checkpoints, or a test's).
+def weights_table() -> dict[str, _weights.WeightsRecord | None]:
+    """The checkpoint records (``weights.json``, or the table ``SADCL_WEIGHTS_JSON`` points at: a private mirror
+    of checkpoints, or a test's)."""
     return _weights.load_weights_table(os.environ.get("SADCL_WEIGHTS_JSON") or None)
 
 
 def pretrained_cfg_for(name: str) -> dict[str, Any]:
     """The metadata of a variant, as attached to ``model.pretrained_cfg`` (cf. torchvision's ``meta``)."""
-    return _pretrained_cfg(name, _weights_table().get(name))
+    return variant_pretrained_cfg(name, weights_table().get(name))
 
 
-def _pretrained_cfg(name: str, record: _weights.WeightsRecord | None) -> dict[str, Any]:
+def variant_pretrained_cfg(name: str, record: _weights.WeightsRecord | None) -> dict[str, Any]:
+    """``pretrained_cfg`` of variant ``name`` with checkpoint ``record``: timm's keys (input size, mean, std,
+    interpolation, crop_pct, crop_mode, num_classes, label_names) plus the paper's results and their source."""
+    check_name(name)
     cfg = VARIANTS[name]
+    labels = list(read_labels(cfg.labels))
     return dict(
-        architecture=name, dataset=cfg.dataset, description=cfg.description,
-        input_size=(3, cfg.img_size, cfg.img_size), train_size=cfg.train_size or cfg.img_size,
-        mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation, resize="squash (Resize((s, s)))",
-        label_names=list(read_labels(cfg.labels)), num_classes=len(read_labels(cfg.labels)),
+        architecture=name, variant=name, source=name if record is not None else None,
+        dataset=cfg.dataset, description=cfg.description,
+        **cfg.preprocessing.to_dict(), fixed_input_size=False, train_size=cfg.train_size or cfg.img_size,
+        label_names=labels, num_classes=len(labels), classifier="fc",
         metrics=cfg.metrics, metrics_source=cfg.metrics_source, num_params=cfg.num_params,
-        arch=dict(cfg.arch), weights=None if record is None else asdict(record),
-        has_weights=record is not None,
-        paper="Semantic-Aware Dual Contrastive Learning for Multi-label Image Classification (Ma et al., ECAI 2023)",
+        arch=dict(cfg.arch), weights=None if record is None else asdict(record), has_weights=record is not None,
+        paper=PAPER, paper_ids=PAPER_IDS,
     )
 
 
@@ -144,97 +149,22 @@ def list_models(filter: str = "*") -> list[str]:
 
 def list_pretrained(filter: str = "*") -> list[str]:
     """Names of the variants whose checkpoint is recorded in ``weights.json``."""
-    table = _weights_table()
+    table = weights_table()
     return [n for n in list_models(filter) if table.get(n) is not None]
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Raise ``ValueError`` naming close matches when ``name`` is not a variant."""
     if name not in VARIANTS:
-        close = difflib.get_close_matches(name, list(VARIANTS), n=3)
+        close = difflib.get_close_matches(str(name), list(VARIANTS), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"Unknown SADCL model {name!r}.{hint} Available: {', '.join(list_models())}.")
 
 
-def create_model(
-    name: str,
-    pretrained: bool = False,
-    *,
-    checkpoint_path: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> SADCL:
-    """Build a registered SADCL variant, optionally with its verified checkpoint.
-
-    ``name`` may also be ``"hf-hub:ORG/REPO[@revision]"`` or a folder written by ``sadcl export``.
-
-    ``kwargs`` override any :class:`SADCL` constructor keyword (``backbone``, ``hidden_dim``, ``label_names`` …).
-    With ``num_classes``/``label_names`` different from the checkpoint, everything else loads strictly and only
-    the label-specific parameters are re-initialised.
-    """
-    from .export import is_exported_name, load_exported
-
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay"):  # passed by timm.create_model; ours is the table
-        kwargs.pop(key, None)
-    if is_exported_name(name):  # hf-hub:ORG/REPO[@rev], local-dir:PATH, or an export folder
-        if checkpoint_path is not None:
-            raise TypeError("checkpoint_path cannot be combined with an hf-hub:/local-dir:/folder model name")
-        return load_exported(name, cache_dir=cache_dir, **kwargs)
-    _check_name(name)
-    unknown = sorted(set(kwargs) - set(_CONSTRUCTOR_KEYS))
-    if unknown:
-        raise TypeError(f"create_model({name!r}) got unknown keyword(s) {unknown}; valid: {list(_CONSTRUCTOR_KEYS)}")
-    cfg = VARIANTS[name]
-    args: dict[str, Any] = dict(cfg.arch, img_size=cfg.img_size, label_names=list(read_labels(cfg.labels)))
-    if "num_classes" in kwargs and "label_names" not in kwargs:
-        if kwargs["num_classes"] != len(args["label_names"]):
-            args.pop("label_names")  # a new label set of that size, named by index
-    args.update(kwargs)
-    loading = pretrained or checkpoint_path is not None
-    state_dict = metadata = path = None
-    record = _weights_table().get(name)
-    if loading:
-        args["pretrained_backbone"] = False  # the checkpoint holds the backbone too: download nothing extra
-        if record is None and checkpoint_path is None:
-            raise _weights.NoPretrainedWeightsError(
-                f"No checkpoint has been published for {name!r} (the authors released none, and weights.json has "
-                f"no record for it). Variants with weights: {', '.join(list_pretrained()) or 'none'}. To get weights "
-                f"for {name!r}: fine-tune one (`sadcl train`, see README), convert an authors'/Query2Label checkpoint "
-                f"(`sadcl convert`), or pass checkpoint_path= to a file you have."
-            )
-        path = _weights.resolve_checkpoint(record, variant=name, cache_dir=cache_dir, checkpoint_path=checkpoint_path)
-        state_dict, metadata = _weights.read_safetensors(path)
-    # When the checkpoint will overwrite every parameter, build on the meta device and assign its tensors:
-    # initialising ~200 M random weights first would cost most of the loading time.
-    same_head = loading and same_label_set(state_dict, metadata, resolve_labels(args.get("num_classes"),
-                                                                                args.get("label_names")))
-    with torch.device("meta") if same_head else contextlib.nullcontext():
-        model = SADCL(**args)
-
-    meta = _pretrained_cfg(name, record)  # the record read above: weights.json once per call
-    size = model.config["img_size"]
-    meta.update(input_size=(3, size, size), label_names=model.label_names, num_classes=model.num_classes)
-    if kwargs:  # overrides change the architecture or the label set: count what was built
-        meta["num_params"] = sum(p.numel() for p in model.parameters())
-    model.pretrained_cfg = meta
-    if loading:
-        load_pretrained(model, state_dict, metadata, source=str(path), assign=same_head)
-    return model
-
-
-def _make_factory(name: str):
-    def factory(pretrained: bool = False, **kwargs: Any) -> SADCL:
-        return create_model(name, pretrained, **kwargs)
-
-    factory.__name__ = factory.__qualname__ = name
-    cfg = VARIANTS[name]
-    factory.__doc__ = (
-        f"SADCL {cfg.dataset} at {cfg.img_size} px. {cfg.description}\n\n"
-        f"Args:\n    pretrained: load the checkpoint recorded in weights.json (raises if none is published).\n"
-        f"    **kwargs: any SADCL constructor keyword as an override, plus checkpoint_path= and cache_dir=."
-    )
-    factory.__module__ = __name__
-    return factory
-
-
-for _name in VARIANTS:
-    globals()[_name] = register_model(_make_factory(_name))
+def variant_of(config: dict[str, Any]) -> str | None:
+    """The variant whose architecture, resolution and label set ``config`` (a constructor config) has exactly."""
+    for name, v in VARIANTS.items():
+        if all(config.get(k) == value for k, value in v.arch.items()) and config.get("img_size") == v.img_size \
+                and list(config.get("label_names") or []) == list(read_labels(v.labels)):
+            return name
+    return None
