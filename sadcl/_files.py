@@ -11,9 +11,9 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
-__all__ = ["not_regular_reason", "regular_file"]
+__all__ = ["not_regular_reason", "open_regular", "regular_file"]
 
 _KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
     (stat.S_ISDIR, "a directory"),
@@ -54,3 +54,22 @@ def regular_file(path: str | os.PathLike[str], what: str, error: Callable[[str],
     if reason == "file not found":
         raise error(f"{what} not found: {path}")
     raise error(f"{what} {path}: {reason}")
+
+
+def open_regular(path: str | os.PathLike[str], what: str, error: Callable[[str], Exception] = OSError) -> BinaryIO:
+    """Open a regular file for binary reading, refusing anything else (see :func:`regular_file`).
+
+    The open itself is non-blocking and the opened file is checked again, so a FIFO swapped in after the
+    check cannot block either.
+    """
+    path = regular_file(path, what, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise error(f"cannot open {what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{what} {path}: it is not a regular file")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)  # a regular file never blocks; keep ordinary semantics for readers
+    return os.fdopen(fd, "rb")

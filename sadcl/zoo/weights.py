@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._atomic import atomic_write, atomic_write_text
+from .._files import open_regular
 
 if TYPE_CHECKING:  # torch is only needed by the safetensors helpers; keep `import` of this module light
     import torch
@@ -309,41 +310,6 @@ def _evict(pointer: Path, repo_folder: Path) -> None:
         target.unlink(missing_ok=True)
 
 
-def _download_error_message(record: WeightsRecord, variant: str, cache_root: Path, error: BaseException) -> str:
-    """A message naming the variant, repo, file, revision and cache, and saying what to do."""
-    from huggingface_hub import constants, errors
-
-    what = (f"the checkpoint of {variant!r} ({record.filename} in Hub repo {record.hf_hub_id!r} "
-            f"at revision {record.revision})")
-    endpoint = constants.ENDPOINT
-    local_missing = getattr(errors, "LocalEntryNotFoundError", ())
-    entry_missing = getattr(errors, "RemoteEntryNotFoundError", getattr(errors, "EntryNotFoundError", ()))
-    if isinstance(error, local_missing):  # before entry_missing: a subclass of it in huggingface_hub 0.x
-        if constants.is_offline_mode():
-            return (f"cannot load {what}: HF_HUB_OFFLINE is set and the file is not in the cache directory "
-                    f"{cache_root}. Download it once with network access (unset HF_HUB_OFFLINE), point "
-                    "HF_HUB_CACHE/cache_dir at a cache that holds it, or pass checkpoint_path=<file>.")
-        return (f"cannot load {what}: the Hub at {endpoint} could not be reached and the file is not in the cache "
-                f"directory {cache_root}. Check the network (and HF_ENDPOINT, proxies), or pass "
-                f"checkpoint_path=<file>. Details: {error}")
-    if isinstance(error, errors.RepositoryNotFoundError):
-        return (f"cannot download {what}: repository {record.hf_hub_id!r} was not found on {endpoint} "
-                "(or it is private/gated and no valid token was sent). Check HF_ENDPOINT and your token, "
-                "or report the broken weights.json entry.")
-    if isinstance(error, errors.RevisionNotFoundError):
-        return (f"cannot download {what}: revision {record.revision} does not exist in {record.hf_hub_id!r} "
-                f"on {endpoint}. The weights.json entry is out of date: upgrade sadcl or report it.")
-    if isinstance(error, entry_missing):
-        return (f"cannot download {what}: the repository has no file {record.filename!r} at that revision "
-                f"on {endpoint}. The weights.json entry is out of date: upgrade sadcl or report it.")
-    if isinstance(error, OSError) and "Consistency check failed" in str(error):
-        return (f"the download of {what} was incomplete (the file is shorter than announced), so nothing was "
-                f"stored in the cache directory {cache_root}. Run again; if it persists, check your proxy. "
-                f"Details: {error}")
-    return (f"cannot download {what} from {endpoint} into the cache directory {cache_root}: "
-            f"{type(error).__name__}: {error}")
-
-
 def download_checkpoint(
     record: WeightsRecord,
     *,
@@ -352,8 +318,9 @@ def download_checkpoint(
 ) -> Path:
     """Fetch (or find in the Hub cache) the checkpoint of ``record`` and verify its size and sha256.
 
-    Uses :func:`huggingface_hub.hf_hub_download` at the record's pinned commit, so a warm cache needs
-    no network at all, and ``HF_HUB_OFFLINE``/``HF_ENDPOINT``/``HF_HUB_CACHE`` apply as usual.
+    Uses :func:`sadcl.zoo.hub.hub_download` (``hf_hub_download`` within an overall deadline) at the record's
+    pinned commit, so a warm cache needs no network at all, and ``HF_HUB_OFFLINE``/``HF_ENDPOINT``/
+    ``HF_HUB_CACHE``/``SADCL_DOWNLOAD_TIMEOUT`` apply.
 
     Returns:
         The path of the verified file in the Hub cache.
@@ -362,7 +329,7 @@ def download_checkpoint(
         WeightsDownloadError: the checkpoint is not on the Hub yet, or could not be fetched.
         ChecksumError: the file differs from the record; it has been removed from the cache.
     """
-    from huggingface_hub import hf_hub_download
+    from .hub import hub_download  # hub imports this module
 
     cache_root = _cache_root(cache_dir)
     if not record.has_hub:
@@ -370,17 +337,11 @@ def download_checkpoint(
             f"the checkpoint of {variant!r} ({record.filename}) is not published on the Hub yet "
             f"(no pinned revision in {record.hf_hub_id!r}). Pass checkpoint_path=<file> to load a local copy."
         )
-    try:
-        path = Path(hf_hub_download(
-            record.hf_hub_id,
-            record.filename,
-            revision=record.revision,
-            cache_dir=cache_dir,
-            library_name="sadcl",
-            library_version=_sadcl_version(),
-        ))
-    except Exception as e:  # every failure becomes one clear error; the original stays as __cause__
-        raise WeightsDownloadError(_download_error_message(record, variant, cache_root, e)) from e
+    path = hub_download(
+        record.hf_hub_id, record.filename, revision=record.revision, cache_dir=cache_dir,
+        what=f"the checkpoint of {variant!r}", instead="pass checkpoint_path=<file>",
+        if_missing="The weights.json entry is out of date: upgrade sadcl or report it.",
+    )
 
     repo_folder = _repo_cache_folder(cache_root, record.hf_hub_id)
     try:
@@ -444,14 +405,67 @@ def resolve_checkpoint(
 
 
 # ----------------------------------------------------------------------------- safetensors I/O
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header, in bytes
+
+
+def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
+    """Refuse, before the safetensors library opens it, what cannot be a safetensors file.
+
+    Only regular files (a FIFO would block ``safe_open`` forever), at least 8 bytes long, whose 8-byte
+    header length fits inside the file and under the library's 100 MB limit. The library then validates
+    the header itself (JSON types, dtypes, shapes against byte ranges, contiguous non-overlapping offsets),
+    so no tensor can claim more bytes than the file holds.
+    """
+    with open_regular(path, "checkpoint file", CheckpointFileError) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+    if len(head) < 8:
+        raise CheckpointFileError(
+            f"{path} is not a valid safetensors file: it is {size} bytes long, shorter than the 8-byte header "
+            "length; it may be truncated. Download or export it again."
+        )
+    declared = int.from_bytes(head, "little")
+    if declared > min(size - 8, _SAFETENSORS_MAX_HEADER):
+        why = (f"more than the {size - 8} bytes that follow it" if declared > size - 8
+               else f"more than the {_SAFETENSORS_MAX_HEADER}-byte limit")
+        raise CheckpointFileError(
+            f"{path} is not a valid safetensors file: its header length says {declared} bytes, {why}; it may be "
+            "truncated or of another format. Download or export it again."
+        )
+    return Path(path)
+
+
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors checkpoint onto the CPU: (state dict, header metadata). Never unpickles."""
+    """Load a safetensors checkpoint onto the CPU: (state dict, header metadata). Never unpickles.
+
+    Every problem with the file (missing, not a regular file, truncated, malformed header) is one
+    :class:`CheckpointFileError` naming it; nothing is allocated beyond the tensors the file holds.
+    """
     from safetensors import SafetensorError, safe_open
 
+    check_safetensors_file(path)
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             state_dict = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    except FileNotFoundError:  # removed since the check
+        raise CheckpointFileError(f"checkpoint file not found: {path}") from None
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:  # TypeError: a dtype torch lacks
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointFileError(
+            f"{path} is not a valid safetensors file ({reason}); it may be truncated or of another format. "
+            "Download or export it again."
+        ) from e
+    return state_dict, metadata
+
+
+def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file; only its header is read (no tensor)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
     except FileNotFoundError:
         raise CheckpointFileError(f"checkpoint file not found: {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
@@ -459,7 +473,6 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
             f"{path} is not a valid safetensors file ({e}); it may be truncated or of another format. "
             "Download or export it again."
         ) from e
-    return state_dict, metadata
 
 
 def save_safetensors(
@@ -467,19 +480,12 @@ def save_safetensors(
     path: str | os.PathLike[str],
     metadata: Mapping[str, str] | None = None,
 ) -> str:
-    """Write ``state_dict`` as safetensors atomically and return the file's sha256.
+    """Write ``state_dict`` as safetensors atomically and deterministically; return the file's sha256.
 
     The file is written next to ``path``, flushed to disk, then renamed over it: a crash never
-    leaves a half-written checkpoint under the final name.
+    leaves a half-written checkpoint under the final name. The same tensors and metadata always give
+    the same bytes (:func:`sadcl.zoo.header.serialize`).
     """
-    from safetensors.torch import save
+    from .header import write_weights
 
-    meta = dict(metadata or {})
-    for key, value in meta.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"safetensors metadata must map str to str; entry {key!r}: {value!r} is not")
-    tensors = {name: t.detach().contiguous() for name, t in state_dict.items()}
-    # Serialised in memory and written by us: the sha256 needs no second read.
-    data = save(tensors, metadata=meta)
-    atomic_write(path, lambda f: f.write(data))
-    return hashlib.sha256(data).hexdigest()
+    return write_weights(state_dict, path, metadata)
