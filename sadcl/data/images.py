@@ -16,7 +16,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from .._files import not_regular_reason
+from .._files import not_regular_reason, open_regular
 
 __all__ = ["ImageLoadError", "load_image", "to_rgb", "check_image"]
 
@@ -109,7 +109,8 @@ def load_image(image: PathOrImage) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too, before decoding.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            # Opened by us, non-blocking and checked again: nothing but a regular file reaches Pillow.
+            with open_regular(path, "image", ImageLoadError) as fp, Image.open(fp) as opened:
                 opened.load()  # decode now: truncation and corruption surface here, not later in a worker
                 img = _upright(opened, str(path))
                 rgb = to_rgb(img, str(path))

@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Union
 
 import torch
 
+from .._files import open_regular
 from ..model import SADCL
 from .weights import CheckpointFileError
 
@@ -107,23 +109,112 @@ class ConversionReport:
 
 
 # ----------------------------------------------------------------------------- reading
-def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
+MAX_CHECKPOINT_BYTES_ENV = "SADCL_MAX_CHECKPOINT_BYTES"
+DEFAULT_MAX_CHECKPOINT_BYTES = 32 << 30  # 32 GiB of tensors: ten times the largest published SADCL checkpoint
+# torch.save stores the records of its zip archive uncompressed, so what they declare is about what they
+# take on disk. Declaring more than this multiple of the file's size (plus room for the headers of tiny
+# records) is a zip bomb: refused before anything is decompressed.
+_MAX_EXPANSION = 4
+_EXPANSION_SLACK = 1 << 20
+_ZIP_MAGIC = b"PK\x03\x04"  # how torch.load itself tells its zip format from a legacy pickle
+_PICKLE_PROTO = 0x80  # first byte of every pickle of protocol >= 2 (torch.save's legacy format)
+
+
+def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) -> Mapping[str, Any]:
     """Read a ``.pth``/``.pth.tar``/``.pkl`` (``torch.save``) or ``.safetensors`` checkpoint onto the CPU.
 
     Pickles are read with ``torch.load(weights_only=True)``: only tensors, containers and plain values
     (plus ``argparse.Namespace``, which training scripts save as their arguments) are allowed. Anything
     else is refused with :class:`CheckpointFileError`; there is no unsafe fallback.
+
+    Before anything is decompressed, the sizes the zip archive declares are checked: more than
+    ``4 x`` the file's size is a zip bomb, more than ``max_bytes`` (default: the environment variable
+    ``SADCL_MAX_CHECKPOINT_BYTES``, else 32 GiB) is refused as too large. Only regular files are opened
+    (a FIFO or device is refused, never read).
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointFileError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
         from .weights import read_safetensors
 
         return read_safetensors(path)[0]
+    limit = _max_checkpoint_bytes(max_bytes)
+    with open_regular(path, "checkpoint file", CheckpointFileError) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(16)
+        f.seek(0)
+        if head.startswith(_ZIP_MAGIC):
+            _check_zip_sizes(f, size, path, limit)
+            f.seek(0)
+        elif not head or head[0] != _PICKLE_PROTO:
+            raise CheckpointFileError(
+                f"{path} is not a PyTorch checkpoint: it is neither a torch.save zip archive nor a pickle "
+                f"({_looks_like(head, size)}). sadcl reads files written by torch.save, or .safetensors files."
+            )
+        elif size > limit:  # a legacy pickle stores its tensors uncompressed, after the pickle
+            raise _too_large(path, size, limit)
+        return _torch_load(f, path)
+
+
+def _max_checkpoint_bytes(max_bytes: int | None) -> int:
+    """``max_bytes``, else ``$SADCL_MAX_CHECKPOINT_BYTES``, else the default; a positive integer."""
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
+        return max_bytes
+    text = os.environ.get(MAX_CHECKPOINT_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_CHECKPOINT_BYTES
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{MAX_CHECKPOINT_BYTES_ENV} must be a positive number of bytes, got {text!r}")
+    return int(text)
+
+
+def _too_large(path: Path, declared: int, limit: int) -> CheckpointFileError:
+    return CheckpointFileError(
+        f"{path} holds {declared} bytes of tensors, more than the limit of {limit} bytes; if you trust the "
+        f"file, set the environment variable {MAX_CHECKPOINT_BYTES_ENV} to a larger number of bytes."
+    )
+
+
+def _check_zip_sizes(f: Any, size: int, path: Path, limit: int) -> None:
+    """Refuse a zip archive whose members declare more than the file can hold (read: its directory only)."""
+    try:
+        with zipfile.ZipFile(f) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointFileError(
+            f"{path} is not a readable PyTorch checkpoint (a damaged zip archive: {_first_line(e)}); "
+            "it may be truncated. Download or save it again."
+        ) from None
+    if declared > _MAX_EXPANSION * size + _EXPANSION_SLACK:
+        raise CheckpointFileError(
+            f"{path} declares {declared} bytes of content in a {size}-byte archive: a zip bomb, not a file "
+            "written by torch.save (which stores tensors uncompressed); refused before decompressing anything."
+        )
+    if declared > limit:
+        raise _too_large(path, declared, limit)
+
+
+def _looks_like(head: bytes, size: int) -> str:
+    """A few words on what a file that is not a checkpoint seems to be, for the error message."""
+    if size == 0:
+        return "the file is empty"
+    for magic, kind in ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+                        (b"\x1f\x8b", "gzip data"), (b"%PDF", "a PDF document")):
+        if head.startswith(magic):
+            return f"it starts like {kind}"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "it starts like a safetensors file: give it the .safetensors suffix"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "it starts like text"
+    return "its first bytes match no known format"
+
+
+def _torch_load(f: Any, path: Path) -> Mapping[str, Any]:
+    """``torch.load(weights_only=True)`` of an opened file; every failure is one CheckpointFileError."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = _GLOBAL_RE.search(str(e))
         if found is None:  # not a refused class: the byte stream itself is not a checkpoint
@@ -137,9 +228,9 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
             "so sadcl refuses to. If you trust the file, load it yourself (torch.load(path, weights_only=False)) "
             "and pass its state dict (a mapping of names to tensors) to load_official_checkpoint."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - damaged bytes fail inside the unpickler as IndexError, KeyError …
         raise CheckpointFileError(
-            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)}); "
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(e)}); "
             "it may be truncated or of another format."
         ) from e
 
@@ -148,8 +239,9 @@ _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only unpickle
 
 
 def _first_line(e: BaseException) -> str:
+    """``"KeyError: 101"``: the error's type and the first line of its message, for a one-line report."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _unwrap(checkpoint: Mapping[str, Any], source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
