@@ -8,15 +8,17 @@ unreadable ones are dropped together with their target rows (``num_skipped``, ``
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
+import stat
 import warnings
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,6 +38,8 @@ __all__ = [
     "write_label_names",
     "make_label_names",
     "encode_labels",
+    "missing_files",
+    "unwrap_worker_errors",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -199,6 +203,60 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 def _join(root: Path, name: str) -> Path:
     p = Path(name)
     return p if p.is_absolute() else root / p
+
+
+def missing_files(paths: Iterable[PathLike]) -> List[str]:
+    """The paths that are not regular files (missing, folders, FIFOs, devices, broken links): one ``stat``
+    each, nothing opened or decoded, so a whole dataset is checked in seconds before any work starts."""
+    missing = []
+    for p in paths:
+        try:
+            ok = stat.S_ISREG(os.stat(p).st_mode)
+        except (OSError, ValueError):  # not found, no permission on a folder, symlink loop, NUL in the name
+            ok = False
+        if not ok:
+            missing.append(str(p))
+    return missing
+
+
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def _worker_original(error: BaseException) -> Optional[BaseException]:
+    """The error a DataLoader worker raised, rebuilt with its own one-line message (``None`` when ``error``
+    is not a re-raised worker error or the original cannot be recovered)."""
+    text = str(error.args[0]) if error.args and isinstance(error.args[0], str) else ""
+    found = _WORKER_ERROR.match(text)
+    if found is None:
+        return None
+    kind = type(error)
+    if kind.__name__ != found.group(1):  # torch fell back to RuntimeError: the original type is lost
+        return None
+    module = "" if kind.__module__ in ("builtins", "__main__") else kind.__module__ + "."
+    marker = f"\n{module}{kind.__qualname__}: "  # the traceback's last line: "pkg.Type: message"
+    at = text.rfind(marker)
+    if at < 0:
+        return None
+    try:
+        original = kind(text[at + len(marker):].rstrip("\n"))
+    except Exception:
+        return None
+    original.worker_traceback = text  # kept for debugging (SADCL_DEBUG shows the unwrapped error only)
+    return original
+
+
+@contextlib.contextmanager
+def unwrap_worker_errors() -> Iterator[None]:
+    """Re-raise an error from a DataLoader worker as the worker raised it: the same type with its own
+    one-line message (e.g. :class:`~sadcl.data.images.ImageLoadError` naming the file), instead of torch's
+    "Caught … in DataLoader worker process N. Original Traceback …" text of 18 lines."""
+    try:
+        yield
+    except Exception as error:
+        original = _worker_original(error)
+        if original is None:
+            raise
+        raise original from None
 
 
 # ----------------------------------------------------------------------------- CSV

@@ -42,6 +42,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from .._atomic import append_line, atomic_write_text, drop_partial_last_line, remove_stale_temporaries
+from .._text import printable
 from ..data import (
     CocoDataset,
     CSVDataset,
@@ -50,6 +52,8 @@ from ..data import (
     eval_transform,
     train_transform,
 )
+from ..data.datasets import MultiLabelDataset, missing_files, unwrap_worker_errors
+from ..data.images import ImageLoadError
 from ..metrics import evaluate as compute_metrics
 from ..model import SADCL
 from ..zoo import create_model
@@ -90,12 +94,17 @@ __all__ = [
     "DATA_FORMATS",
     "DATA_OPTIONS",
     "LOGGED_METRICS",
+    "RUN_FILES",
+    "ConfigError",
     "DataSpec",
     "EarlyStopping",
+    "InexactResumeWarning",
     "NonFiniteLossError",
+    "RunFinishedError",
     "TrainConfig",
     "Trainer",
     "build_dataset",
+    "check_numbers",
     "config_from_options",
     "data_specs",
     "evaluate_checkpoint",
@@ -119,8 +128,86 @@ _DDP_PARAMS = inspect.signature(DistributedDataParallel.__init__).parameters
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
+# The files a run writes into its folder (``--overwrite`` replaces these and nothing else).
+RUN_FILES = ("last.pt", "best.safetensors", "config.json", "log.jsonl")
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite: the run stops, and the last good checkpoint is kept."""
+
+
+class ConfigError(ValueError):
+    """A bad or conflicting run setting. ``str()`` names settings as Python keywords (``loss_weights``);
+    :attr:`cli` says the same with the ``sadcl`` flags (``--loss-weights``)."""
+
+    def __init__(self, message: str, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = message if cli is None else cli
+
+    @classmethod
+    def about(cls, key: str, problem: str) -> ConfigError:
+        """``"<setting> <problem>"``, the setting named as a keyword and as a flag."""
+        return cls(f"{key} {problem}", f"{_flag(key)} {problem}")
+
+
+class RunFinishedError(ConfigError):
+    """``resume`` names a run with nothing left to train (every epoch done, or stopped early)."""
+
+
+class InexactResumeWarning(UserWarning):
+    """A resumed run continues, but not bit-exactly (another number of workers or processes …)."""
+
+    def __init__(self, message: str, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = message if cli is None else cli
+
+
+# ----------------------------------------------------------------------------- numeric settings
+# rule: (test, what it asks for, integers only). NaN and infinities never pass (a NaN loss weight would
+# silently switch a loss term off; a NaN gamma acts as 0).
+_RULES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
+    "count": (lambda v: v >= 1, "an integer >= 1", True),
+    "count0": (lambda v: v >= 0, "an integer >= 0", True),
+    "integer": (lambda v: True, "an integer", True),
+    "positive": (lambda v: v > 0, "a finite number > 0", False),
+    "non_negative": (lambda v: v >= 0, "a finite number >= 0", False),
+    "unit": (lambda v: 0 <= v <= 1, "a number in [0, 1]", False),
+    "open_unit": (lambda v: 0 < v < 1, "a number in (0, 1)", False),
+}
+# setting: (rule, None allowed). TrainConfig checks all of these; `sadcl eval` and evaluate_model the few
+# they take (batch_size, num_workers, threshold, img_size).
+NUMBER_RULES: dict[str, tuple[str, bool]] = {
+    "img_size": ("count", True), "gamma_neg": ("non_negative", False), "gamma_pos": ("non_negative", False),
+    "asl_clip": ("unit", False), "asl_eps": ("positive", False), "sample_temperature": ("positive", False),
+    "prototype_temperature": ("positive", False), "memory_threshold": ("unit", False),
+    "prototype_threshold": ("unit", False), "prototype_batches": ("count", True), "epochs": ("count", False),
+    "batch_size": ("count", False), "eval_batch_size": ("count", True), "lr": ("positive", False),
+    "weight_decay": ("non_negative", False), "pct_start": ("open_unit", False), "ema_decay": ("unit", False),
+    "clip_grad": ("positive", True), "seed": ("integer", False), "patience": ("count0", True),
+    "threshold": ("unit", False), "stop_after_epochs": ("count", True), "num_workers": ("count0", False),
+    "log_interval": ("count", False),
+}
+
+
+def _number_problem(value: Any, rule: str) -> str | None:
+    """Why ``value`` breaks ``rule`` (None when it does not)."""
+    test, wanted, integer = _RULES[rule]
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if integer:
+        ok = is_int and test(value)
+    else:
+        ok = (is_int or isinstance(value, (float, np.floating))) and math.isfinite(value) and test(value)
+    return None if ok else f"must be {wanted}, got {value!r}"
+
+
+def check_numbers(values: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for the first of ``values`` (keyed by setting) that breaks its
+    :data:`NUMBER_RULES` rule."""
+    for key, value in values.items():
+        rule, optional = NUMBER_RULES[key]
+        problem = None if value is None and optional else _number_problem(value, rule)
+        if problem is not None:
+            raise ConfigError.about(key, problem)
 
 
 # ----------------------------------------------------------------------------- data
@@ -308,6 +395,7 @@ class TrainConfig:
     threshold: float = 0.5
     # run
     resume: str | None = None
+    overwrite: bool = False
     stop_after_epochs: int | None = None
     num_workers: int = DEFAULT_WORKERS
     device: str | None = None
@@ -321,8 +409,12 @@ class TrainConfig:
         "prototype_temperature", "official_sample_loss", "memory_threshold", "epochs", "batch_size", "lr",
         "weight_decay", "pct_start", "ema_decay", "clip_grad", "amp", "augment", "flip", "seed", "img_size",
     )
-    RUNTIME_KEYS = ("data", "val_data", "output_dir", "resume", "stop_after_epochs", "num_workers", "device",
-                    "progress", "log_interval", "dist_url", "patience", "threshold", "eval_batch_size", "compile")
+    RUNTIME_KEYS = ("data", "val_data", "output_dir", "resume", "overwrite", "stop_after_epochs", "num_workers",
+                    "device", "progress", "log_interval", "dist_url", "patience", "threshold", "eval_batch_size",
+                    "compile")
+    # Run settings a resumed run may change, but then not bit-exactly: random augmentations are drawn per
+    # data-loading worker, and compiled dropout draws other random numbers than eager dropout.
+    EXACTNESS_KEYS = ("num_workers", "compile")
 
     def __post_init__(self) -> None:
         for key in ("data", "val_data"):
@@ -330,31 +422,24 @@ class TrainConfig:
             if isinstance(value, Mapping):
                 setattr(self, key, DataSpec(**value))
         self.output_dir = os.fspath(self.output_dir)
-        self.loss_weights = tuple(float(w) for w in self.loss_weights)  # type: ignore[assignment]
         if self.augment is None:
             self.augment = "sadcl" if self.objective == "sadcl" else "baseline"
-        checks = [
-            (self.objective in ("sadcl", "asl"), f"objective must be 'sadcl' or 'asl', got {self.objective!r}"),
-            (self.amp in ("bf16", "fp16", "none"), f"amp must be 'bf16', 'fp16' or 'none', got {self.amp!r}"),
-            (self.augment in ("sadcl", "baseline", "none"),
-             f"augment must be 'sadcl', 'baseline' or 'none', got {self.augment!r}"),
-            (len(self.loss_weights) == 3 and min(self.loss_weights) >= 0,
-             f"loss_weights must be three non-negative numbers (ASL, SSCL, PSCL), got {self.loss_weights}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (0 < self.pct_start < 1, f"pct_start must lie in (0, 1), got {self.pct_start}"),
-            (0 <= self.ema_decay <= 1, f"ema_decay must lie in [0, 1], got {self.ema_decay}"),
-            (self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}"),
-            (self.patience is None or self.patience >= 0, f"patience must be >= 0 or None, got {self.patience}"),
-            (self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}"),
-            (self.stop_after_epochs is None or self.stop_after_epochs >= 1,
-             f"stop_after_epochs must be >= 1 or None, got {self.stop_after_epochs}"),
-            (not (self.pretrained and self.checkpoint), "give either pretrained=True or checkpoint=..., not both"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        choices = {"objective": ("sadcl", "asl"), "amp": ("bf16", "fp16", "none"),
+                   "augment": ("sadcl", "baseline", "none")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError.about(key, f"must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        weights = self.loss_weights
+        if (isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable)
+                or len(weights := tuple(weights)) != 3  # type: ignore[arg-type]
+                or any(_number_problem(w, "non_negative") for w in weights)):
+            raise ConfigError.about("loss_weights", "must be three finite numbers >= 0 (ASL, SSCL, PSCL), "
+                                    f"got {printable(self.loss_weights)}")
+        self.loss_weights = tuple(float(w) for w in weights)  # type: ignore[assignment]
+        check_numbers({key: getattr(self, key) for key in NUMBER_RULES})
+        if self.pretrained and self.checkpoint:
+            raise ConfigError("give either pretrained=True or checkpoint=..., not both",
+                              "give either --pretrained or --checkpoint, not both")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -368,16 +453,31 @@ class TrainConfig:
         return cls(**dict(values))
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **runtime: Any) -> TrainConfig:
-        """The configuration a training checkpoint was written with, set to resume from it; ``runtime``
-        may change only settings that do not affect the trajectory (:attr:`RUNTIME_KEYS`)."""
+    def from_checkpoint(cls, path: str | os.PathLike, **settings: Any) -> TrainConfig:
+        """The configuration a training checkpoint was written with, set to resume from it. ``settings``
+        may change run settings (:attr:`RUNTIME_KEYS`); any other setting given must equal the run's
+        (a :class:`ConfigError` names each that differs, with both values)."""
         ckpt_path = Path(path) / "last.pt" if Path(path).is_dir() else Path(path)
         stored = dict(load_training_checkpoint(ckpt_path, mmap=True)["config"])
-        bad = sorted(k for k in runtime if k not in cls.RUNTIME_KEYS)
-        if bad:
-            raise ValueError(f"only run settings {cls.RUNTIME_KEYS} can change on resume, not {bad}")
+        unknown = sorted(k for k in settings if k not in {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        changed = [k for k, v in settings.items()
+                   if k not in cls.RUNTIME_KEYS and _normalise(v) != _normalise(stored.get(k))]
+        if changed:
+            def listing(name: Callable[[str], str]) -> str:
+                return ", ".join(f"{name(k)} (the run has {printable(stored.get(k))}, given {printable(settings[k])})"
+                                 for k in changed)
+
+            raise ConfigError(
+                f"cannot change on resume: {listing(str)}; a resumed run keeps its settings to continue exactly "
+                f"(start a new run from its weights, checkpoint='{ckpt_path.parent}/best.safetensors', to change them)",
+                f"cannot change on resume: {listing(_flag)}; a resumed run keeps its settings to continue exactly "
+                f"(start a new run with --checkpoint {ckpt_path.parent}/best.safetensors to change them)",
+            )
         stored["output_dir"] = os.fspath(ckpt_path.parent)  # continue in the run's folder unless told otherwise
-        stored.update(runtime)
+        stored["overwrite"] = False  # permission to replace files is given per command, never inherited
+        stored.update({k: v for k, v in settings.items() if k in cls.RUNTIME_KEYS})
         stored["resume"] = os.fspath(ckpt_path)
         return cls.from_dict(stored)
 
@@ -449,7 +549,7 @@ def predict_scores(
     scores: list[Tensor] = []
     targets: list[Tensor] = []
     try:
-        for x, y in loader:
+        for x, y in _unwrapped(loader):
             x = x.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -496,6 +596,8 @@ def evaluate_model(
     The dataset's labels must be the model's (any order). Under ``torchrun`` each process scores a shard
     and exactly ``len(dataset)`` rows are gathered (no padding duplicates).
     """
+    check_numbers({"batch_size": batch_size, "num_workers": num_workers, "threshold": threshold})
+    _check_image_files(dataset, "evaluation")
     info = init_distributed(_device_type(device))
     try:
         dev = _resolve_device(device, info)
@@ -601,6 +703,7 @@ class Trainer:
         ckpt = load_training_checkpoint(cfg.resume) if cfg.resume else None
         if ckpt is not None:
             self._check_resumable(ckpt)
+        _check_output(cfg)  # before any work: nothing of an earlier run is replaced unless asked
         self.dist = init_distributed(_device_type(cfg.device), cfg.dist_url)
         try:
             self._setup(ckpt, model, train_dataset, val_dataset, prototype_dataset)
@@ -610,6 +713,8 @@ class Trainer:
 
     # -- setup ----------------------------------------------------------------------------------------
     def _check_resumable(self, ckpt: Mapping[str, Any]) -> None:
+        """Refuse changed trajectory settings and a run with nothing left to train; warn about changed
+        settings that keep the run valid but not bit-exact."""
         stored = ckpt["config"]
         now = self.config.to_dict()
         diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {now[k]!r}" for k in TrainConfig.TRAJECTORY_KEYS
@@ -619,17 +724,31 @@ class Trainer:
                 f"cannot resume {self.config.resume} exactly: these settings differ from the checkpoint's: "
                 + "; ".join(diffs) + ". Use TrainConfig.from_checkpoint (the CLI does) to keep them."
             )
+        finished = _finished(ckpt, self.config)
+        if finished is not None:
+            run = _resume_folder(self.config)
+            raise RunFinishedError(
+                f"run {run} is already finished ({finished}); nothing was changed. To train further, start a new "
+                f"run from its weights (checkpoint='{run / 'best.safetensors'}')",
+                f"run {run} is already finished ({finished.replace('patience', '--patience')}); nothing was "
+                f"changed. To train further, start a new run with --checkpoint {run / 'best.safetensors'}",
+            )
+        for key in TrainConfig.EXACTNESS_KEYS:
+            if key in stored and _normalise(stored[key]) != _normalise(now[key]):
+                why = "the run will not continue bit-exactly (random augmentations and dropout draw differently)"
+                warnings.warn(InexactResumeWarning(
+                    f"resuming with {key}={now[key]!r} (the run used {stored[key]!r}): {why}",
+                    f"resuming with {_flag(key)} {now[key]} (the run used {stored[key]}): {why}; "
+                    f"omit {_flag(key)} to keep the run's value"), stacklevel=3)
 
     def _setup(self, ckpt, model, train_dataset, val_dataset, prototype_dataset) -> None:
         cfg, info = self.config, self.dist
         self.device = _resolve_device(cfg.device, info)
         self.is_main = info.is_main
         self.out = Path(cfg.output_dir)
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         if cfg.batch_size % info.world_size:
-            raise ValueError(f"batch_size {cfg.batch_size} (global) is not divisible by the {info.world_size} "
-                             "processes; pick a multiple")
+            raise ConfigError.about("batch_size", f"{cfg.batch_size} (global) is not divisible by the "
+                                    f"{info.world_size} processes; pick a multiple")
         self.local_batch = cfg.batch_size // info.world_size
         self.pin = self.device.type == "cuda"
         if self.pin:
@@ -637,6 +756,8 @@ class Trainer:
         self.eval_batch = cfg.eval_batch_size or self.local_batch
         _seed_everything(cfg.seed)  # the same model initialisation in every process
         self._setup_data_and_model(ckpt, model, train_dataset, val_dataset, prototype_dataset)
+        if self.is_main:  # everything checked: the run folder is written from here on
+            _prepare_output(cfg)
         self._setup_objective(ckpt)
         self._setup_optimisation()
         self.tracker = EarlyStopping(cfg.patience)
@@ -647,7 +768,7 @@ class Trainer:
         else:
             _seed_everything(cfg.seed + info.rank)  # per-process dropout / augmentation streams
             if self.is_main:
-                (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
+                atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
         self._epochs_done = self.start_epoch  # epochs with a checkpoint on disk
         self._metrics_warned = False
         self._export_error: str | None = None
@@ -663,6 +784,11 @@ class Trainer:
         self.train_sampler = ShardedBatchSampler(len(train_dataset), self.local_batch, rank=info.rank,
                                                  world_size=info.world_size, seed=cfg.seed)
         label_names = list(train_dataset.label_names)
+        val_built_here = val_dataset is None and cfg.val_data is not None
+        if val_built_here:  # read now, its transform set below: its images are checked before the model is built
+            val_dataset = build_dataset(cfg.val_data, None, label_names=label_names)
+        _check_image_files(train_dataset, "training")
+        _check_image_files(val_dataset, "validation")
         self.model = self._build_model(model, label_names, ckpt)
         pcfg = self.model.pretrained_cfg
         size = self.model.config["img_size"]
@@ -672,8 +798,8 @@ class Trainer:
         if built_here:  # datasets passed in keep their own transforms
             train_dataset.transform = (self.eval_tf if cfg.augment == "none"
                                        else train_transform(size, cfg.augment, flip=cfg.flip, **norm))
-        if val_dataset is None and cfg.val_data is not None:
-            val_dataset = build_dataset(cfg.val_data, self.eval_tf, label_names=label_names)
+        if val_built_here:
+            val_dataset.transform = self.eval_tf
         self.train_set, self.val_set, self.proto_set = train_dataset, val_dataset, prototype_dataset
         self.val_order = None
         if val_dataset is not None:
@@ -768,12 +894,14 @@ class Trainer:
         loader = _eval_loader(dataset, self.eval_batch, cfg.num_workers, self.pin, info)
         kwargs = {"threshold": cfg.prototype_threshold, "device": self.device}
         if info.world_size == 1:
-            counts = init_prototypes_(self.model, loader, max_batches=cfg.prototype_batches, **kwargs)
+            with unwrap_worker_errors():
+                counts = init_prototypes_(self.model, loader, max_batches=cfg.prototype_batches, **kwargs)
         else:
             # Each process averages its shard; the shard means are combined weighted by their counts,
             # which gives the global means (confident positives, else all positives, else unchanged).
             counting = _CountPositives(loader, self.model.num_classes, cfg.prototype_batches)
-            protos, n_conf = compute_prototypes(self.model, counting, **kwargs)
+            with unwrap_worker_errors():
+                protos, n_conf = compute_prototypes(self.model, counting, **kwargs)
             p64, n_conf = protos.to(torch.float64), n_conf.to(torch.float64)
             n_all = counting.counts.to(self.device)
             sums = torch.stack([p64 * n_conf[:, None], p64 * n_all[:, None]])
@@ -824,8 +952,8 @@ class Trainer:
         if not self.is_main:
             return
         record = _finite_json({"time": round(time.time(), 3), **record})
-        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_json_default, allow_nan=False) + "\n")
+        # One write of the whole line, undone if it fails (full disk): the log never holds a torn record.
+        append_line(self.out / "log.jsonl", json.dumps(record, default=_json_default, allow_nan=False) + "\n")
 
     def _progress(self, epoch: int):
         enabled = self.config.progress
@@ -897,7 +1025,7 @@ class Trainer:
         t_epoch = t_window = time.perf_counter()
         bar = self._progress(epoch)
         try:
-            for i, (x, y) in enumerate(self.train_loader):
+            for i, (x, y) in enumerate(_unwrapped(self.train_loader)):
                 x = x.to(dev, non_blocking=True)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -1117,14 +1245,8 @@ def config_from_options(options: Mapping[str, Any]) -> TrainConfig:
     if "model_args" in opts:
         opts["model_args"] = parse_model_args(opts["model_args"])
     if opts.get("resume"):
-        fixed = sorted(k for k in opts if k not in TrainConfig.RUNTIME_KEYS)
-        if fixed:
-            raise ValueError(
-                f"cannot change on resume: {', '.join(_flag(k) for k in fixed)}; a resumed run keeps the "
-                "checkpoint's settings (start a new run with --checkpoint <weights> to change them)"
-            )
         resume = opts.pop("resume")
-        return TrainConfig.from_checkpoint(resume, **opts)
+        return TrainConfig.from_checkpoint(resume, **opts)  # refuses changed trajectory settings
     if "data" not in opts:
         raise ValueError("no training data: give --data (and --data-format if it is not a CSV file)")
     return TrainConfig(**opts)
@@ -1162,6 +1284,95 @@ def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _unwrapped(loader: Iterable[Any]) -> Iterator[Any]:
+    """The batches of ``loader``; an error of a DataLoader worker arrives as the worker raised it (one line)."""
+    with unwrap_worker_errors():
+        yield from loader
+
+
+def _check_image_files(dataset: Dataset | None, what: str) -> None:
+    """Every image file of ``dataset`` (a dataset of image files) exists and is a regular file: one stat
+    each, so a missing validation image stops the run before the first epoch, not after it."""
+    if not isinstance(dataset, MultiLabelDataset):  # e.g. mosaics built in memory: no files to check
+        return
+    paths = dataset.paths
+    missing = missing_files(paths)
+    if missing:
+        raise ImageLoadError(
+            f"{what} image {printable(missing[0])} is missing or not a regular file ({len(missing)} of "
+            f"{len(paths)} {what} images are; checked before any work). Fix the paths, or drop unreadable "
+            "images with --skip-bad (DataSpec.skip_bad)"
+        )
+
+
+def _resume_folder(cfg: TrainConfig) -> Path | None:
+    """The folder of the run ``cfg`` resumes (None for a new run)."""
+    if not cfg.resume:
+        return None
+    resume = Path(cfg.resume)
+    return resume if resume.is_dir() else resume.parent
+
+
+def _resumes_in_place(cfg: TrainConfig) -> bool:
+    run = _resume_folder(cfg)
+    return run is not None and run.resolve() == Path(cfg.output_dir).resolve()
+
+
+def _finished(ckpt: Mapping[str, Any], cfg: TrainConfig) -> str | None:
+    """Why the run of ``ckpt`` has nothing left to train under ``cfg`` (None when it has): every epoch is
+    done, or the early-stopping rule (with ``cfg.patience``, which a resume may raise) already fired."""
+    done = int(ckpt["epoch"])
+    if done >= cfg.epochs:
+        return f"all {cfg.epochs} epochs are done"
+    history = list(ckpt.get("history") or [])
+    if history and "val" in history[-1]:
+        tracker = EarlyStopping(cfg.patience)
+        tracker.load_state_dict(ckpt["tracker"])
+        if tracker.should_stop(done - 1, history[-1]["val"]["ema"]["mAP"]):
+            return (f"it stopped early after epoch {done - 1} with patience {cfg.patience}; "
+                    "a larger patience continues it")
+    return None
+
+
+def _check_output(cfg: TrainConfig) -> None:
+    """Refuse an output folder holding anything (an earlier run, other files) unless the run resumes in it
+    or ``overwrite`` is set; read-only, so it runs before any work."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError.about("output_dir", f"{out} is a file, not a folder; give a folder for the run")
+    if cfg.overwrite or _resumes_in_place(cfg) or not out.is_dir():
+        return
+    names = sorted(entry.name for entry in out.iterdir())
+    if not names:
+        return
+    names = [n for n in RUN_FILES if n in names] + [n for n in names if n not in RUN_FILES]
+    shown = ", ".join(printable(n) for n in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    run = "last.pt" in names
+    replace = f"the files train writes ({', '.join(RUN_FILES)}; other files are kept)"
+    raise ConfigError(
+        f"output_dir {out} already holds {'a run' if run else 'files'} ({shown}); "
+        + (f"continue it with resume='{out}', or " if run else "pick another output_dir, or ")
+        + f"set overwrite=True to replace {replace}",
+        f"--output {out} already holds {'a run' if run else 'files'} ({shown}); "
+        + (f"continue it with --resume {out}, or " if run else "pick another --output, or ")
+        + f"pass --overwrite to replace {replace}",
+    )
+
+
+def _prepare_output(cfg: TrainConfig) -> None:
+    """Make the run folder ready to write (rank 0, once every check passed): remove temporary files our
+    interrupted writes left, with ``overwrite`` the earlier run's files (only :data:`RUN_FILES`), and a
+    log line torn by a killed process."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, RUN_FILES)
+    if cfg.overwrite and not _resumes_in_place(cfg):
+        for name in RUN_FILES:
+            if (out / name).is_file() or (out / name).is_symlink():
+                (out / name).unlink()
+    drop_partial_last_line(out / "log.jsonl")
+
+
 def _normalise(value: Any) -> Any:
     """Comparable form of a config value (tuples and lists alike)."""
     if isinstance(value, (list, tuple)):
