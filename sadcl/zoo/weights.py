@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._atomic import atomic_write, atomic_write_text
 from .._files import open_regular
-from .._files import open_regular
 
 if TYPE_CHECKING:  # torch is only needed by the safetensors helpers; keep `import` of this module light
     import torch
@@ -406,36 +405,6 @@ def resolve_checkpoint(
 
 
 # ----------------------------------------------------------------------------- safetensors I/O
-_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header, in bytes
-
-
-def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
-    """Refuse, before the safetensors library opens it, what cannot be a safetensors file.
-
-    Only regular files (a FIFO would block ``safe_open`` forever), at least 8 bytes long, whose 8-byte
-    header length fits inside the file and under the library's 100 MB limit. The library then validates
-    the header itself (JSON types, dtypes, shapes against byte ranges, contiguous non-overlapping offsets),
-    so no tensor can claim more bytes than the file holds.
-    """
-    with open_regular(path, "checkpoint file", CheckpointFileError) as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-    if len(head) < 8:
-        raise CheckpointFileError(
-            f"{path} is not a valid safetensors file: it is {size} bytes long, shorter than the 8-byte header "
-            "length; it may be truncated. Download or export it again."
-        )
-    declared = int.from_bytes(head, "little")
-    if declared > min(size - 8, _SAFETENSORS_MAX_HEADER):
-        why = (f"more than the {size - 8} bytes that follow it" if declared > size - 8
-               else f"more than the {_SAFETENSORS_MAX_HEADER}-byte limit")
-        raise CheckpointFileError(
-            f"{path} is not a valid safetensors file: its header length says {declared} bytes, {why}; it may be "
-            "truncated or of another format. Download or export it again."
-        )
-    return Path(path)
-
-
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header, in bytes
 
 
