@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
+
+from ._text import details_of, one_line, printable
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
@@ -50,27 +55,65 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- predict ----------------------------------------------------------------------------------------------
+def _probability(text: str) -> float:
+    """argparse type: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _model_source_args(p: argparse.ArgumentParser) -> None:
+    """--model / --checkpoint, with one meaning in every command (sadcl.zoo.factory.model_from_args)."""
+    p.add_argument("--model", metavar="SOURCE",
+                   help="variant name (published weights), .safetensors file, export folder, local-dir:PATH or "
+                        "hf-hub:ORG/NAME[@REV] (default: the file given with --checkpoint, else sadcl_fashion_mosaic)")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="a .safetensors file written by sadcl: it records its architecture, labels and preprocessing")
+
+
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--model", default="sadcl_fashion_mosaic", help="variant name (default: %(default)s)")
-    p.add_argument("--checkpoint", help="a local .safetensors checkpoint instead of the published weights")
+    _model_source_args(p)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=float, help="keep labels scoring above this probability")
-    g.add_argument("--top-k", type=int, help="keep the k best labels per image")
-    p.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--threshold", type=_probability, help="keep labels scoring above this probability")
+    g.add_argument("--top-k", type=_positive_int, help="keep the k best labels per image")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cpu)")
-    p.add_argument("--json", action="store_true", help="print one JSON object {image: {label: score}}")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object {image: {label: score}} (a skipped image: null; a NaN score: null)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="go on past unreadable images, name each on stderr and exit 1 (default: stop at the first)")
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def _expand_images(items: Sequence[str]) -> list[str]:
+    """Files as given (the image loader refuses special files among them); a folder becomes its image files,
+    regular files only (a FIFO or socket named ``x.png`` would block the reader, a looping link fails)."""
+    from ._files import not_regular_reason
+
     out: list[str] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            files = sorted(str(f) for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(str(f) for f in path.iterdir()
+                           if f.suffix.lower() in IMAGE_SUFFIXES and not_regular_reason(f) is None)
             if not files:
                 raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {item}")
             out.extend(files)
@@ -81,19 +124,36 @@ def _expand_images(items: Sequence[str]) -> list[str]:
 
 @command("predict", "per-label scores for images", _predict_args)
 def cmd_predict(args: argparse.Namespace) -> int:
-    from . import create_model, predict
+    from . import predict
+    from .zoo.factory import model_from_args
+    from .inference import ImageSkippedWarning, NonFiniteScoreWarning
 
     images = _expand_images(args.images)
-    model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint)
-    results = predict(model, images, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                      device=args.device, progress=len(images) > args.batch_size and not args.json)
-    if args.json:
-        print(json.dumps({img: res for img, res in zip(images, results)}, indent=2))
-    else:
+    model = model_from_args(args.model, args.checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageSkippedWarning)
+        warnings.simplefilter("always", NonFiniteScoreWarning)
+        results = predict(model, images, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
+                          device=args.device, progress=len(images) > args.batch_size and not args.json,
+                          skip_bad=args.skip_bad)
+    reported = [w for w in caught if issubclass(w.category, (ImageSkippedWarning, NonFiniteScoreWarning))]
+    for w in caught:  # any other warning is shown as Python would have shown it
+        if w not in reported:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if args.json:  # exact names (JSON escapes them); NaN, which JSON lacks, becomes null
+        out = {img: None if res is None else {n: s if math.isfinite(s) else None for n, s in res.items()}
+               for img, res in zip(images, results)}
+        print(json.dumps(out, indent=2, allow_nan=False))
+    else:  # names from files are escaped: they reach a terminal
         for img, res in zip(images, results):
-            labels = ", ".join(f"{name} {score:.3f}" for name, score in res.items()) or "(no label above threshold)"
-            print(f"{img}: {labels}")
-    return 0
+            if res is not None:
+                labels = (", ".join(f"{printable(name)} {score:.3f}" for name, score in res.items())
+                          or "(no label above threshold)")
+                print(f"{printable(img)}: {labels}")
+    for w in reported:  # one line each: skipped files, NaN scores
+        kind = "" if issubclass(w.category, ImageSkippedWarning) else "warning: "
+        print(f"sadcl predict: {kind}{one_line(str(w.message))}", file=sys.stderr)
+    return 1 if reported else 0  # results printed, but incomplete
 
 
 # -- train / eval -----------------------------------------------------------------------------------------
@@ -168,7 +228,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threshold", type=float, default=S, help="score threshold of CP/CR/CF1/OP/OR/OF1 (default: 0.5)")
     r = p.add_argument_group("run")
     r.add_argument("--output", dest="output_dir", default=S, help="run folder (default: runs/sadcl)")
-    r.add_argument("--resume", default=S, metavar="RUN", help="continue a run exactly (its folder or last.pt)")
+    r.add_argument("--resume", default=S, metavar="RUN",
+                   help="continue a run exactly (its folder or last.pt); a finished run exits 0 unchanged")
+    r.add_argument("--overwrite", action="store_true", default=S,
+                   help="train into an --output folder that is not empty, replacing the files train writes "
+                        "(last.pt, best.safetensors, config.json, log.jsonl) and keeping every other file")
     r.add_argument("--stop-after-epochs", type=int, default=S, help="end this run after N epochs (resume later)")
     r.add_argument("--num-workers", type=int, default=S, help="data-loading processes (default: min(4, CPU cores))")
     r.add_argument("--device", default=S, help="cpu, cuda … (default: cuda when available)")
@@ -205,13 +269,27 @@ def cmd_mosaics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for training: one line in the command's words, no source location."""
+    text = getattr(message, "cli", message)
+    print(f"sadcl train: warning: {one_line(str(text))}", file=sys.stderr if file is None else file)
+
+
 @command("train", "fine-tune SADCL (or the Query2Label baseline) on a multi-label dataset; torchrun for DDP",
          _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.loop import config_from_options, train
+    from .train.loop import ConfigError, RunFinishedError, config_from_options, train
 
     options = {k: v for k, v in vars(args).items() if k != "command"}
-    summary = train(config_from_options(options), on_epoch=_print_epoch)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _warn_one_line
+            summary = train(config_from_options(options), on_epoch=_print_epoch)
+    except RunFinishedError as e:  # nothing to do is not a failure: a re-run (e.g. a requeued job) exits 0
+        print(f"sadcl train: {e.cli}")
+        return 0
+    except ConfigError as e:  # the same message in the command line's words (flags, not keywords)
+        raise ValueError(e.cli) from None
     if summary["rank"] != 0:  # under torchrun only rank 0 reports
         return 0
     if summary["best"] is not None:
@@ -222,8 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="variant name (default: the one recorded in --checkpoint)")
-    p.add_argument("--checkpoint", metavar="FILE", help="a .safetensors checkpoint instead of the published weights")
+    _model_source_args(p)
     _data_args(p, lambda d: d, training=False)
     p.add_argument("--img-size", type=int, help="evaluation resolution (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -238,12 +315,17 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 @command("eval", "the paper's metrics (mAP, CP/CR/CF1/OP/OR/OF1, top-3) of a model on a dataset", _eval_args)
 def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import format_table
-    from .train.loop import data_specs, evaluate_checkpoint
+    from .train.loop import ConfigError, check_numbers, data_specs, evaluate_checkpoint
 
+    try:  # before any model is loaded
+        check_numbers({"batch_size": args.batch_size, "num_workers": args.num_workers,
+                       "threshold": args.threshold, "img_size": args.img_size})
+    except ConfigError as e:
+        raise ValueError(e.cli) from None
     if args.data is None:
         raise ValueError("give the evaluation data with --data (and --data-format if it is not a CSV file)")
     if args.model is None and args.checkpoint is None:
-        raise ValueError("give --model NAME (published weights) and/or --checkpoint FILE")
+        raise ValueError("give the model with --checkpoint FILE and/or --model SOURCE (see `sadcl list`)")
     spec = data_specs(dict(data=args.data, images=args.images, data_format=args.data_format,
                            val_split=None, split=args.split or ("test" if args.data_format == "voc" else None),
                            voc_year=args.voc_year, skip_bad=args.skip_bad))["data"]
@@ -307,9 +389,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 @command("export", "write a model as safetensors + config.json + model card (+ ONNX), ready for the Hub", _export_args)
 def cmd_export(args: argparse.Namespace) -> int:
-    from .zoo.export import export_model, model_from_source
+    from .zoo.export import export_model
+    from .zoo.factory import model_from_args
 
-    model = model_from_source(args.model)
+    if args.onnx:
+        _require_extra("onnx")  # before anything is loaded or written
+    model = model_from_args(args.model)
     config = export_model(model, args.output_dir, metrics=_read_metrics(args.metrics), recipe=args.recipe,
                           repo_id=args.repo_id, license=args.license, onnx=args.onnx)
     files = ", ".join(["model.safetensors", "config.json", "README.md"] + (["model.onnx"] if config["onnx"] else []))
@@ -321,24 +406,28 @@ def _push_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("export_dir", help="a folder written by `sadcl export`")
     p.add_argument("repo_id", help="Hub repository, ORG/NAME (created if needed)")
     p.add_argument("--token", help="Hub write token (default: the saved login / HF_TOKEN)")
-    p.add_argument("--private", action="store_true", help="create the repository as private")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--public", action="store_true",
+                   help="publish publicly: create the repository as public, or push into an existing public one "
+                        "(default: a new repository is private, and a public one is refused)")
+    g.add_argument("--private", action="store_true", help="the default; accepted for compatibility")
     p.add_argument("--revision", help="an existing branch to push to (default: main)")
     p.add_argument("--message", help="commit message")
 
 
-@command("push", "upload an export folder to the Hugging Face Hub and print its weights.json record", _push_args)
+@command("push", "upload the files of an export folder (private by default) and print its weights.json record",
+         _push_args)
 def cmd_push(args: argparse.Namespace) -> int:
-    from .zoo.export import push_to_hub
+    from .zoo.hub import push_to_hub
 
-    push_to_hub(args.export_dir, args.repo_id, token=args.token, private=args.private, revision=args.revision,
-                commit_message=args.message)
+    push_to_hub(args.export_dir, args.repo_id, token=args.token, public=args.public, revision=args.revision,
+                commit_message=args.message, _cli=True)
     return 0
 
 
 # -- explain / plot-embeddings (need pip install 'sadcl[viz]') -----------------------------------------------
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="sadcl_fashion_mosaic", help="variant name (default: %(default)s)")
-    p.add_argument("--checkpoint", help="a local .safetensors checkpoint instead of the published weights")
+    _model_source_args(p)
     p.add_argument("--device", help="cpu, cuda … (default: cpu)")
 
 
@@ -353,10 +442,10 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 
 @command("explain", "draw the category-related attention maps of an image's labels", _explain_args)
 def cmd_explain(args: argparse.Namespace) -> int:
-    from . import create_model
+    from .zoo.factory import model_from_args
     from .viz import explain, save_figure
 
-    model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint)
+    model = model_from_args(args.model, args.checkpoint)
     fig = explain(model, args.image, args.labels, top_k=args.top_k, device=args.device)
     print(f"wrote {save_figure(fig, args.output)}: {', '.join(ax.get_title() for ax in fig.axes if ax.get_title())}")
     return 0
@@ -380,11 +469,11 @@ def _plot_embeddings_args(p: argparse.ArgumentParser) -> None:
 @command("plot-embeddings", "plot label-level embeddings of positive labels with the class prototypes",
          _plot_embeddings_args)
 def cmd_plot_embeddings(args: argparse.Namespace) -> int:
-    from . import create_model
+    from .zoo.factory import model_from_args
     from .inference import preprocess
     from .viz import plot_embeddings, save_figure
 
-    model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint)
+    model = model_from_args(args.model, args.checkpoint)
 
     def transform(img):  # the inference preprocessing of the model (its size, mean and std)
         return preprocess(img, model.pretrained_cfg)
@@ -406,33 +495,224 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- errors: one line in the CLI's words ----------------------------------------------------------------------
+# Optional modules: import name → (distribution, the sadcl extra in pyproject.toml that installs it, or None).
+_OPTIONAL_MODULES = {"onnx": ("onnx", "onnx"), "onnxruntime": ("onnxruntime", "onnx"),
+                     "matplotlib": ("matplotlib", "viz"), "sklearn": ("scikit-learn", None)}
+
+
+def _install_hint(module: str | None) -> str | None:
+    """``pip install 'sadcl[EXTRA]'`` (or the bare distribution) for an optional module, else None."""
+    dist, extra = _OPTIONAL_MODULES.get((module or "").split(".")[0], (None, None))
+    if dist is None:
+        return None
+    return f"pip install 'sadcl[{extra}]'" if extra else f"pip install {dist}"
+
+
+def _require_extra(*modules: str) -> None:
+    """Import optional modules now, so that a missing one stops a command before it has written anything."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ImportError(f"{module} is not installed ({e}): {_install_hint(module)}", name=module) from e
+
+
+def _network_types() -> tuple[type, ...]:
+    """Connection failures of the HTTP clients already imported (one that is not imported raised nothing)."""
+    import socket
+    import urllib.error
+
+    types: list[type] = [ConnectionError, socket.gaierror, urllib.error.URLError]
+    if "httpx" in sys.modules:
+        types.append(sys.modules["httpx"].TransportError)
+    if "requests" in sys.modules:
+        types += [sys.modules["requests"].exceptions.ConnectionError, sys.modules["requests"].exceptions.Timeout]
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.errors import OfflineModeIsEnabled
+
+        types.append(OfflineModeIsEnabled)
+    return tuple(types)
+
+
+def _endpoint(error: BaseException) -> str:
+    """``scheme://host[:port]`` the failed request went to (the Hub endpoint when the error does not say)."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = getattr(getattr(error, "request", None), "url", None)  # httpx: RuntimeError when unset
+    except RuntimeError:
+        url = None
+    if url:
+        parts = urlsplit(str(url))
+        if parts.hostname:  # no user:password@ from the URL
+            return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    hub = sys.modules.get("huggingface_hub.constants")
+    return getattr(hub, "ENDPOINT", None) or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def _network_message(error: BaseException) -> str | None:
+    """One line for a connection failure reaching ``main``: the endpoint and the ``HF_HUB_OFFLINE`` setting.
+
+    sadcl's own errors already say what failed, so only foreign errors (and what they wrap) are rewritten."""
+    from urllib.error import HTTPError  # an answer (404 …), not a connection failure
+
+    if type(error).__module__.split(".")[0] == "sadcl":
+        return None
+    network, seen, current = _network_types(), 0, error
+    while current is not None and seen < 10:  # bounded: a cause chain can be cyclic
+        if isinstance(current, network) and not isinstance(current, HTTPError):
+            break
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    else:
+        return None
+    endpoint, reason = _endpoint(current), one_line(f"{type(current).__name__}: {current}", 160)
+    hub = sys.modules.get("huggingface_hub.constants")
+    offline = getattr(hub, "HF_HUB_OFFLINE", None)
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+    if offline:
+        return (f"cannot reach {endpoint} ({reason}): HF_HUB_OFFLINE=1 is set (offline mode); unset it to use the "
+                "network, or use files already in the local cache")
+    return (f"cannot reach {endpoint} ({reason}); HF_HUB_OFFLINE is not set: check the network and HF_ENDPOINT, "
+            "or set HF_HUB_OFFLINE=1 to use only files already in the local cache")
+
+
+_PLAIN_ERRORS = (ValueError, OSError, RuntimeError, TypeError, ImportError)  # their message says it all
+
+
+def _describe(error: BaseException) -> str:
+    """The message of an exception reaching ``main`` (possibly multi-line; cut later)."""
+    network = _network_message(error)
+    if network is not None:
+        return network
+    text = str(error)
+    hint = _install_hint(error.name) if isinstance(error, ImportError) else None
+    if hint and "pip install" not in text:
+        return f"{error.name} is not installed: {hint}"
+    ours = type(error).__module__.split(".")[0] == "sadcl"
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        text, ours = error.args[0], ours or " " in error.args[0]  # a sentence, not a bare key from a bug
+    if not text.strip():
+        text = "(no message)"
+    if ours or (isinstance(error, _PLAIN_ERRORS) and text != "(no message)"):
+        return text
+    return f"{type(error).__name__}: {text} (SADCL_DEBUG=1 shows the traceback)"
+
+
+# Library keywords the command line spells differently, keyword[=value] → option dest[=value]; a value of
+# None matches any value and keeps it.
+_RENAMED_KEYWORDS = {("checkpoint_path", None): ("checkpoint", None), ("strict", "False"): ("non_strict", "True"),
+                     ("strict", "True"): ("non_strict", "False")}
+_ENVIRONMENT_KEYWORDS = {"cache_dir": "HF_HUB_CACHE=DIR"}  # no option: the environment is the CLI's way
+_LITERAL_WORDS = {"HF_HUB_CACHE/cache_dir": "HF_HUB_CACHE"}
+# `keyword=value` in prose (not inside a path, URL query or name): value a placeholder <file>, ..., or a word.
+_KEYWORD = re.compile(r"(?<![\w?&/.-])([a-z][a-z0-9_]*)=(<[^<>\s]*>|\.\.\.|[\w.+-]+)?")
+# Code in a message (`…` spans, calls like create_model(…, checkpoint_path=…)) keeps Python's words.
+_CODE = re.compile(r"`[^`]*`|\b[\w.]+\((?:[^()]|\([^()]*\))*\)")
+
+
+def _cli_words(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with the library's keyword arguments (``checkpoint_path=<file>``, ``strict=False``) written as
+    the options of the command ``parser`` parses (``--checkpoint FILE``, ``--non-strict``); a keyword the
+    command has no option for stays as it is."""
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+
+    def option(m: re.Match) -> str:
+        keyword, value = m.group(1), m.group(2)
+        if value is None or value == "..." or value.startswith("<"):
+            value = None
+        renamed = _RENAMED_KEYWORDS.get((keyword, value)) or _RENAMED_KEYWORDS.get((keyword, None))
+        if renamed:
+            keyword, value = renamed[0], renamed[1] if renamed[1] is not None else value
+        if keyword in _ENVIRONMENT_KEYWORDS:
+            return _ENVIRONMENT_KEYWORDS[keyword]
+        action = options.get(keyword)
+        if action is None:
+            return m.group(0)
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # a switch
+            return {None: flag, "True": flag, "False": f"no {flag}"}.get(value, m.group(0))
+        metavar = action.metavar or keyword.upper()
+        return f"{flag} {value or (' '.join(metavar) if isinstance(metavar, tuple) else metavar)}"
+
+    for python, cli in _LITERAL_WORDS.items():
+        message = message.replace(python, cli)
+    out, start = [], 0
+    for code in _CODE.finditer(message):
+        out += [_KEYWORD.sub(option, message[start:code.start()]), code.group(0)]
+        start = code.end()
+    return "".join(out) + _KEYWORD.sub(option, message[start:])
+
+
+def _report(error: BaseException, command: str, parser: argparse.ArgumentParser, verbose: bool) -> None:
+    """Print ``error`` to stderr: one line, or with ``--verbose`` the full message and its details."""
+    try:
+        message = _cli_words(_describe(error), parser)
+    except Exception:  # a message that cannot even be formatted still gets its line
+        message = f"{type(error).__name__} (SADCL_DEBUG=1 shows the traceback)"
+    details = [d for d in (details_of(error), *getattr(error, "__notes__", ())) if isinstance(d, str)]
+    if verbose:
+        lines = [printable(line) for text in (message, *details) for line in str(text).splitlines()]
+        print(f"sadcl {command}: error: " + "\n".join(lines), file=sys.stderr)
+        return
+    line = one_line(message)
+    if details and "--verbose" not in line:
+        line += " (--verbose shows the details)"
+    print(f"sadcl {command}: error: {line}", file=sys.stderr)
+
+
 # -- entry point --------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are the one line of every other failure (the usage stays behind ``--help``)."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="sadcl", description="SADCL multi-label image classification")
+    parser = _Parser(prog="sadcl", description="SADCL multi-label image classification")
     parser.add_argument("--version", action="version", version=f"sadcl {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="on error, print the full message and its details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}
     for name, (add_arguments, _, help) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help, description=help))
+        p = parser.commands[name] = sub.add_parser(name, help=help, description=help)
+        add_arguments(p)
+        # Also after the command; SUPPRESS keeps a --verbose given before it.
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="on error, print the full message and its details")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = args.verbose
+    del args.verbose  # not an option of the command (train hands every option to its config)
     run = COMMANDS[args.command][1]
     try:
         return run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
-        # Bad input: one clear line, no traceback (set SADCL_DEBUG=1 for one).
-        import os
-
+    except BrokenPipeError:  # `sadcl list | head -1`: the reader is gone, nothing left to say
+        if hasattr(sys.stdout, "fileno"):
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            except (OSError, ValueError):
+                pass
+        return 141
+    except Exception as e:  # any failure: one line naming it, never a traceback (SADCL_DEBUG=1 shows one)
         if os.environ.get("SADCL_DEBUG"):
             raise
-        print(f"sadcl {args.command}: error: {e}", file=sys.stderr)
+        _report(e, args.command, parser.commands[args.command], verbose)
         return 2
 
 

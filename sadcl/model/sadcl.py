@@ -8,6 +8,7 @@ the learnable class prototypes into the contrastive space (sample-to-sample SSCL
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, Sequence
 
 import timm
@@ -152,7 +153,8 @@ class SADCL(nn.Module):
         self.prototypes = nn.Parameter(torch.randn(num_classes, d, device=device))
 
     def reset_classifier(self, num_classes: int, label_names: Sequence[str] | None = None) -> None:
-        """Re-initialise only the label-specific parameters (queries, head, prototypes) for a new label set."""
+        """Re-initialise only the label-specific parameters (queries, head, prototypes) for a new label set
+        (timm's ``reset_classifier``; ``label_names`` name the new labels, by index when omitted)."""
         label_names = resolve_labels(num_classes, label_names)
         self._init_label_parameters(len(label_names))
         self.config.update(num_classes=len(label_names), label_names=list(label_names))
@@ -191,9 +193,19 @@ class SADCL(nn.Module):
         h, weights = self.transformer(src, pos, self.query_embed.weight, need_weights=True)
         return h, weights.unflatten(-1, grid)
 
-    def forward_head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C]`` from label-level embeddings."""
-        return self.fc(h)
+    def forward_head(self, h: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits ``[B, C]`` from label-level embeddings (with ``pre_logits``, the embeddings themselves:
+        SADCL's classifier acts on each label's own embedding, so there is no pooled feature before it)."""
+        return h if pre_logits else self.fc(h)
+
+    def get_classifier(self) -> nn.Module:
+        """The group-wise linear classifier (timm's uniform interface)."""
+        return self.fc
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
 
     def project(self, t: torch.Tensor) -> torch.Tensor:
         """Map embeddings (label-level, memory bank or prototypes) ``[..., hidden_dim]`` to ``[..., proj_dim]``."""
@@ -210,12 +222,15 @@ def resolve_labels(num_classes: int | None, label_names: Sequence[str] | None) -
         if num_classes is None or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer (or give label_names), got {num_classes!r}")
         return [str(i) for i in range(num_classes)]
+    if isinstance(label_names, str):  # would silently become one label per character
+        raise TypeError(f"label_names must be a list of names, not one string ({label_names[:40]!r})")
     label_names = [str(n) for n in label_names]
     if num_classes is not None and num_classes != len(label_names):
         raise ValueError(f"num_classes={num_classes} but {len(label_names)} label_names were given")
-    if len(set(label_names)) != len(label_names):
-        dup = sorted({n for n in label_names if label_names.count(n) > 1})
-        raise ValueError(f"label_names must be unique; duplicated: {dup}")
+    if len(set(label_names)) != len(label_names):  # Counter only on failure: one linear pass either way
+        dup = [n for n, count in Counter(label_names).items() if count > 1]
+        listed = ", ".join(repr(n) for n in dup[:5]) + (f" and {len(dup) - 5} more" if len(dup) > 5 else "")
+        raise ValueError(f"label_names must be unique; duplicated: {listed}")
     if not label_names:
         raise ValueError("label_names is empty")
     return label_names
