@@ -40,7 +40,7 @@ def main(variant: str, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
 
     import huggingface_hub
-    from sadcl.zoo import variants, weights
+    from sadcl.zoo import factory, weights
 
     timers: dict[str, float] = defaultdict(float)
     # download_checkpoint imports hf_hub_download from the package and calls verify_file by its global
@@ -48,7 +48,7 @@ def main(variant: str, threads: int) -> dict[str, Any]:
     huggingface_hub.hf_hub_download = _timed(timers, "hub_cache_lookup_s", huggingface_hub.hf_hub_download)
     weights.verify_file = _timed(timers, "sha256_verify_s", weights.verify_file)
     weights.read_safetensors = _timed(timers, "read_safetensors_s", weights.read_safetensors)
-    variants.load_pretrained = _timed(timers, "load_state_dict_s", variants.load_pretrained)
+    factory.load_pretrained = _timed(timers, "load_state_dict_s", factory.load_pretrained)
     t0 = time.perf_counter()
     model = sadcl.create_model(variant, pretrained=True)
     create = time.perf_counter() - t0

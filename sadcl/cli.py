@@ -47,9 +47,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 @command("info", "print a variant's metadata as JSON", lambda p: p.add_argument("name"))
 def cmd_info(args: argparse.Namespace) -> int:
     from .zoo import pretrained_cfg_for
-    from .zoo.variants import _check_name
+    from .zoo.variants import check_name
 
-    _check_name(args.name)
+    check_name(args.name)
     print(json.dumps(pretrained_cfg_for(args.name), indent=2))
     return 0
 
@@ -360,6 +360,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .zoo.convert import convert_checkpoint
 
     overrides = {name: getattr(args, name) for name, _ in _ARCH_OVERRIDES if getattr(args, name) is not None}
+    if os.path.exists(args.output) and os.path.exists(args.checkpoint) and os.path.samefile(args.output,
+                                                                                             args.checkpoint):
+        raise ValueError(f"the output {args.output} is the checkpoint being converted; name another file")
     result = convert_checkpoint(args.checkpoint, args.output, args.variant, strict=not args.non_strict, **overrides)
     print(result["report"])
     print(f"wrote {result['path']}\nsha256 {result['sha256']}\nsize {result['size']}")
@@ -526,8 +529,9 @@ def _network_types() -> tuple[type, ...]:
     import urllib.error
 
     types: list[type] = [ConnectionError, socket.gaierror, urllib.error.URLError]
-    if "httpx" in sys.modules:
-        types.append(sys.modules["httpx"].TransportError)
+    for httpx in ("httpx", "httpx2"):  # huggingface_hub 2.x talks through httpx2
+        if httpx in sys.modules:
+            types.append(sys.modules[httpx].TransportError)
     if "requests" in sys.modules:
         types += [sys.modules["requests"].exceptions.ConnectionError, sys.modules["requests"].exceptions.Timeout]
     if "huggingface_hub" in sys.modules:

@@ -134,11 +134,11 @@ def test_loading_is_strict(tmp_path):
     state = export_state_dict(model)
     extra = dict(state, memorybank=torch.zeros(2, 20, 64))
     save_safetensors(extra, tmp_path / "extra.safetensors", checkpoint_metadata(model))
-    with pytest.raises(RuntimeError, match="unexpected keys.*memorybank"):
+    with pytest.raises(RuntimeError, match="unexpected key.*memorybank"):
         sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "extra.safetensors")
     missing = {k: v for k, v in state.items() if k != "transformer.decoder.norm.weight"}
     save_safetensors(missing, tmp_path / "missing.safetensors", checkpoint_metadata(model))
-    with pytest.raises(RuntimeError, match="missing keys.*transformer.decoder.norm.weight"):
+    with pytest.raises(RuntimeError, match="missing key.*transformer.decoder.norm.weight"):
         sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "missing.safetensors")
     with pytest.raises(RuntimeError, match="shape mismatches"):
         sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "missing.safetensors", hidden_dim=32)

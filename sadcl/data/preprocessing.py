@@ -46,6 +46,10 @@ class Preprocessing:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
+    def to_cfg(self) -> dict[str, Any]:
+        """timm's ``pretrained_cfg`` keys as timm keeps them in memory (tuples)."""
+        return asdict(self)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "preprocessing") -> Preprocessing:
         """Validate an untrusted mapping (a file's header, a ``config.json``, a ``pretrained_cfg``)."""
@@ -106,3 +110,24 @@ def from_pretrained_cfg(cfg: Mapping[str, Any], fallback_size: int | Sequence[in
     return Preprocessing.from_dict({k: data[k] for k in ("input_size", "mean", "std", "interpolation",
                                                          "crop_pct", "crop_mode") if k in data},
                                    "pretrained_cfg")
+
+
+def create_transform(model_or_cfg: Any, *, training: bool = False, recipe: str = "sadcl"):
+    """The image transform of a model (or of its ``pretrained_cfg`` mapping): PIL RGB image → tensor.
+
+    ``training=False`` is the evaluation preprocessing, the one ``sadcl.predict``/``sadcl eval`` use and the one
+    ``timm.data.create_transform(**timm.data.resolve_model_data_config(model))`` reproduces.
+    ``training=True`` is the recipe's augmentation (``recipe="sadcl"``: multi-scale crop + flip;
+    ``"baseline"``: cutout + RandAugment) at the same size and normalisation.
+    """
+    cfg = model_or_cfg if isinstance(model_or_cfg, Mapping) else getattr(model_or_cfg, "pretrained_cfg", None)
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"create_transform needs a model with a pretrained_cfg or a mapping, got "
+                        f"{type(model_or_cfg).__name__}")
+    pre = from_pretrained_cfg(cfg)
+    if not training:
+        return pre.transform()
+    from .transforms import train_transform
+
+    return train_transform(pre.img_size[0], recipe=recipe, mean=pre.mean, std=pre.std,
+                           interpolation=pre.interpolation)

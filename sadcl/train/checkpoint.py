@@ -9,7 +9,6 @@ final name, so a crash never leaves a half-written file there; it is read back w
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Mapping
@@ -26,8 +25,6 @@ from ..zoo.weights import save_safetensors
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "TRAINING_KEY",
-    "VARIANT_KEY",
     "atomic_torch_save",
     "export_weights",
     "load_training_checkpoint",
@@ -36,8 +33,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "sadcl-train-v1"
-TRAINING_KEY = "sadcl_training"  # safetensors header entry: how the exported weights were selected (JSON)
-VARIANT_KEY = "sadcl_variant"  # safetensors header entry: the variant the run started from
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -105,14 +100,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- publishable weights
-def export_weights(
-    model: nn.Module, path: str | os.PathLike, *, variant: str | None = None, training: Mapping[str, Any] | None = None
-) -> str:
-    """Write ``model``'s weights as safetensors (atomic) with its config, the variant it came from and how
-    it was selected (epoch, metric, raw/EMA); returns the sha256. No memory bank, no optimiser state."""
-    metadata = dict(checkpoint_metadata(model))
-    if variant is not None:
-        metadata[VARIANT_KEY] = variant
-    if training is not None:
-        metadata[TRAINING_KEY] = json.dumps(dict(training))
-    return save_safetensors(export_state_dict(model), path, metadata)
+def export_weights(model: nn.Module, path: str | os.PathLike, *, training: Mapping[str, Any] | None = None) -> str:
+    """Write ``model``'s weights as safetensors (atomic, deterministic) with the self-describing header (config,
+    labels, preprocessing, what it descends from) and how training selected them (epoch, metric, raw/EMA);
+    returns the sha256. No memory bank, no optimiser state."""
+    return save_safetensors(export_state_dict(model), path, checkpoint_metadata(model, training=training))

@@ -56,12 +56,12 @@ from ..data.datasets import MultiLabelDataset, missing_files, unwrap_worker_erro
 from ..data.images import ImageLoadError
 from ..metrics import evaluate as compute_metrics
 from ..model import SADCL
+from ..data.preprocessing import create_transform
 from ..zoo import create_model
-from ..zoo.loading import CONFIG_KEY
-from ..zoo.weights import CheckpointFileError
+from ..zoo.factory import model_from_args, model_from_header
+from ..zoo.loading import header_for
 from .checkpoint import (
     CHECKPOINT_FORMAT,
-    VARIANT_KEY,
     atomic_torch_save,
     export_weights,
     load_training_checkpoint,
@@ -121,6 +121,7 @@ LOGGED_METRICS = ("mAP", "mAP_sklearn", "CP", "CR", "CF1", "OP", "OR", "OF1",
                   "CP_top3", "CR_top3", "CF1_top3", "OP_top3", "OR_top3", "OF1_top3")
 TERMS = ("loss", "asl", "sample", "prototype")  # logged loss terms: weighted total, then the unweighted terms
 _CONSTRUCTOR_KEYS = tuple(p for p in inspect.signature(SADCL.__init__).parameters if p != "self")
+DEFAULT_TRAIN_MODEL = "sadcl_coco_448"  # the paper's model, when neither --model nor --checkpoint is given
 _DDP_PARAMS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
@@ -282,22 +283,6 @@ def _with_transform(dataset: Dataset, transform: Any, what: str) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- models
-def read_checkpoint_header(path: str | os.PathLike) -> dict[str, str]:
-    """The header metadata of a safetensors file (no tensor is read)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except FileNotFoundError:
-        raise CheckpointFileError(f"checkpoint file not found: {path}") from None
-    except Exception as e:
-        raise CheckpointFileError(
-            f"{path} is not a valid safetensors file ({e}); pass weights exported by sadcl (e.g. a run's "
-            "best.safetensors); a training checkpoint last.pt is resumed with --resume instead"
-        ) from e
-
-
 def load_model(
     name: str | None = None,
     *,
@@ -306,25 +291,18 @@ def load_model(
     label_names: Sequence[str] | None = None,
     **overrides: Any,
 ) -> SADCL:
-    """Build variant ``name`` with its published weights (``pretrained``), a local ``checkpoint``
-    (safetensors; its stored architecture and label set are used, and its variant when ``name`` is None),
-    or neither. ``label_names`` different from the weights' re-initialise only the label-specific
-    parameters (queries, classifier, prototypes); ``overrides`` are SADCL constructor keywords."""
-    kwargs: dict[str, Any] = {}
-    if checkpoint is not None:
-        header = read_checkpoint_header(checkpoint)
-        name = name or header.get(VARIANT_KEY)
-        if CONFIG_KEY in header:
-            stored = json.loads(header[CONFIG_KEY])
-            kwargs.update({k: v for k, v in stored.items() if k in _CONSTRUCTOR_KEYS})
-    if name is None:
-        where = f" and {checkpoint} does not record its variant" if checkpoint is not None else ""
-        raise ValueError(f"no model name given{where}; pass --model NAME (see `sadcl list`)")
-    kwargs.update(overrides)
+    """The starting model of a run, through the one factory (:func:`sadcl.zoo.factory.create_model`).
+
+    ``checkpoint`` alone: the file's own architecture, labels and preprocessing. ``name`` with ``checkpoint``:
+    that variant, which the file must match. ``name`` alone: the variant, with its published weights when
+    ``pretrained``. Neither: :data:`DEFAULT_TRAIN_MODEL`. ``label_names`` different from the weights' re-initialise
+    only the label-specific parameters (queries, classifier, prototypes); ``overrides`` are SADCL keywords."""
+    kwargs = dict(overrides)
     if label_names is not None:
         kwargs["label_names"] = list(label_names)
-        kwargs.pop("num_classes", None)
-    return create_model(name, pretrained=pretrained, checkpoint_path=checkpoint, **kwargs)
+    if checkpoint is not None:
+        return model_from_args(name, checkpoint, **kwargs)
+    return create_model(name or DEFAULT_TRAIN_MODEL, pretrained=pretrained, **kwargs)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -357,7 +335,7 @@ class TrainConfig:
     val_data: DataSpec | None = None
     output_dir: str = "runs/sadcl"
     # model
-    model: str = "sadcl_coco_448"
+    model: str | None = None  # None: the --checkpoint file's own model, else DEFAULT_TRAIN_MODEL
     pretrained: bool = False
     checkpoint: str | None = None
     pretrained_backbone: bool = False
@@ -871,7 +849,11 @@ class Trainer:
                 raise ValueError(f"the training data's labels differ from the checkpoint's ({cfg.resume}); "
                                  "resume with the same data")
             if model is None:
-                model = create_model(cfg.model, **{k: v for k, v in stored.items() if k in _CONSTRUCTOR_KEYS})
+                if "weights_header" in ckpt:  # the model as it was described when the run began
+                    model = model_from_header(ckpt["weights_header"], f"{cfg.resume}")
+                else:  # a last.pt of sadcl 0.1
+                    model = create_model(cfg.model or DEFAULT_TRAIN_MODEL,
+                                         **{k: v for k, v in stored.items() if k in _CONSTRUCTOR_KEYS})
             return model
         if model is not None:
             if model.label_names != label_names:
@@ -1110,6 +1092,7 @@ class Trainer:
                 "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "global_step": self.global_step,
                 "world_size": self.dist.world_size, "config": self.config.to_dict(),
                 "model_config": dict(self.model.config), "model": self.model.state_dict(),
+                "weights_header": header_for(self.model).to_json(),
                 "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -1131,7 +1114,7 @@ class Trainer:
         if metrics is not None:
             info.update({k: metrics.get(k) for k in ("mAP", "CF1", "OF1")}, num_images=metrics.get("num_images"))
         try:
-            export_weights(net, self.out / "best.safetensors", variant=self.config.model, training=info)
+            export_weights(net, self.out / "best.safetensors", training=info)
         except Exception as e:  # reported to every process by the checkpoint step that follows
             self._export_error = f"could not write {self.out / 'best.safetensors'}: {type(e).__name__}: {e}"
 
@@ -1264,18 +1247,18 @@ def evaluate_checkpoint(
     amp: str = "bf16",
     threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Metrics of a variant's published weights (``checkpoint=None``) or of a local safetensors checkpoint
-    on ``data`` (evaluation transform at the model's resolution, or ``img_size``)."""
+    """Metrics on ``data`` of the model that ``model``/``checkpoint`` name (as on the command line: a variant's
+    published weights, a sadcl ``.safetensors`` file, an export folder, ``hf-hub:``), with its own evaluation
+    preprocessing at its resolution (or ``img_size``)."""
     overrides = {} if img_size is None else {"img_size": img_size}
-    net = load_model(model, checkpoint=checkpoint, pretrained=checkpoint is None, **overrides)
-    pcfg = net.pretrained_cfg
-    tf = eval_transform(net.config["img_size"], mean=pcfg.get("mean", (0.485, 0.456, 0.406)),
-                        std=pcfg.get("std", (0.229, 0.224, 0.225)), interpolation=pcfg.get("interpolation", "bilinear"))
-    dataset = build_dataset(data, tf, label_names=net.label_names if data.format in ("csv", "folder") else None)
+    net = model_from_args(model, checkpoint, default=None, **overrides)
+    dataset = build_dataset(data, create_transform(net),
+                            label_names=net.label_names if data.format in ("csv", "folder") else None)
     results = evaluate_model(net, dataset, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
                              threshold=threshold)
-    return {"model": model or net.pretrained_cfg.get("architecture"), "checkpoint": None if checkpoint is None
-            else os.fspath(checkpoint), "data": dataclasses.asdict(data), **results}
+    return {"model": net.pretrained_cfg.get("source") or net.pretrained_cfg.get("architecture"),
+            "checkpoint": None if checkpoint is None else os.fspath(checkpoint), "data": dataclasses.asdict(data),
+            **results}
 
 
 def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any, Union
 import torch
 
 from .._files import open_regular
+from .._text import printable
 from ..model import SADCL
 from .weights import CheckpointFileError
 
@@ -96,14 +97,15 @@ class ConversionReport:
         return not (self.unexpected or self.missing or self.mismatched)
 
     def __str__(self) -> str:
-        lines = [f"{self.source}: {self.kind} checkpoint, {len(self.loaded)} tensors loaded"]
+        # Key names come from the file: escaped, so that printing the report cannot drive the terminal.
+        lines = [f"{printable(self.source)}: {self.kind} checkpoint, {len(self.loaded)} tensors loaded"]
         if self.dropped:
             reasons = "; ".join(f"{k} ({why})" for k, why in self.dropped.items())
             lines.append(f"  dropped ({len(self.dropped)}): {reasons}")
         for title, keys in (("left at initialisation", self.initialised), ("unmapped checkpoint keys", self.unexpected),
                             ("missing model keys", self.missing), ("shape mismatches", self.mismatched)):
             if keys:
-                lines.append(f"  {title} ({len(keys)}): {', '.join(keys)}")
+                lines.append(f"  {title} ({len(keys)}): {', '.join(printable(k) for k in keys)}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -253,10 +255,10 @@ def _unwrap(checkpoint: Mapping[str, Any], source: str) -> tuple[dict[str, torch
             state = checkpoint[name]
             extras = {k: v for k, v in checkpoint.items() if k != name and isinstance(v, (int, float, str, bool))}
             break
-    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    not_tensors = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ValueError(
-            f"{source}: found no state dict: the entries {not_tensors[:5]} are not tensors and none of "
+            f"{source}: found no state dict: the entries {not_tensors[:5]} are not tensors under string names and none of "
             f"{list(_TOP_LEVEL_STATE)} is a mapping of tensors (top-level keys: {list(checkpoint)[:10]})"
         )
     return dict(state), extras
@@ -316,8 +318,18 @@ def load_official_checkpoint(model: SADCL, checkpoint: Checkpoint, *, strict: bo
         A :class:`ConversionReport`. A Query2Label checkpoint leaves the projection head and the prototypes
         at their initialisation; the report lists them and an :class:`OfficialCheckpointWarning` says so.
     """
-    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<mapping>"
-    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    return _load_into(model, *_read(checkpoint), strict=strict)
+
+
+def _read(checkpoint: Checkpoint) -> tuple[Any, str]:
+    """The checkpoint's content (a file is read with :func:`read_checkpoint`) and its name for messages."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        return read_checkpoint(checkpoint), str(checkpoint)
+    return checkpoint, "<mapping>"
+
+
+def _load_into(model: SADCL, raw: Any, source: str, *, strict: bool) -> ConversionReport:
+    """:func:`load_official_checkpoint` of an already-read checkpoint; ``source`` names it in messages."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"{source}: a checkpoint must be a mapping, found {type(raw).__name__}")
     state_dict, extras = _unwrap(raw, source)
@@ -352,14 +364,14 @@ def load_official_checkpoint(model: SADCL, checkpoint: Checkpoint, *, strict: bo
         message = _mismatch_message(model, report)
         if strict:
             raise RuntimeError(message)
-        warnings.warn(message + "\nLoaded the rest (strict=False).", OfficialCheckpointWarning, stacklevel=2)
+        warnings.warn(message + "\nLoaded the rest (strict=False).", OfficialCheckpointWarning, stacklevel=3)
     model.load_state_dict(loadable, strict=False)
     if report.initialised:
         warnings.warn(
             f"{source}: Query2Label checkpoint (no projection head, no prototypes): "
             f"{', '.join(_SADCL_ONLY_PREFIXES)} keep their initialisation. Recompute the prototypes "
             "(sadcl.train.memory) and train before using the contrastive losses.",
-            OfficialCheckpointWarning, stacklevel=2,
+            OfficialCheckpointWarning, stacklevel=3,
         )
     return report
 
@@ -396,10 +408,15 @@ def convert_checkpoint(
         ``{"path", "sha256", "size", "report"}``: what to put in ``weights.json`` and the conversion report.
     """
     from .loading import checkpoint_metadata, export_state_dict
-    from .variants import create_model
+    from .factory import create_model
     from .weights import save_safetensors
 
+    # Read (and refuse) the file before building the model: a bad file fails in milliseconds, not after a
+    # ResNet-101 has been built.
+    raw, source = _read(checkpoint)
     model = create_model(variant, **model_kwargs)
-    report = load_official_checkpoint(model, checkpoint, strict=strict)
+    report = _load_into(model, raw, source, strict=strict)
+    if isinstance(checkpoint, (str, os.PathLike)):  # the header says what the weights descend from
+        model.pretrained_cfg["source"] = f"converted from {os.path.basename(os.fspath(checkpoint))}"
     digest = save_safetensors(export_state_dict(model), out_path, checkpoint_metadata(model))
     return {"path": str(out_path), "sha256": digest, "size": os.path.getsize(out_path), "report": report}

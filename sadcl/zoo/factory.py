@@ -29,7 +29,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..data.preprocessing import Preprocessing, PreprocessingError
 from ..model import SADCL
 from . import export as _export
-from .header import ARCHITECTURE_KEYS, HeaderError, WeightsHeader, parse_header
+from .header import ARCHITECTURE_KEYS, WeightsHeader, canonical_json, parse_header
 from .loading import load_pretrained
 from .variants import (
     VARIANTS,
@@ -47,8 +47,10 @@ from .weights import (
     resolve_checkpoint,
 )
 
-__all__ = ["HF_HUB_PREFIX", "LOCAL_DIR_PREFIX", "ModelSourceError", "create_model", "describe_source"]
+__all__ = ["DEFAULT_MODEL", "HF_HUB_PREFIX", "LOCAL_DIR_PREFIX", "ModelSourceError", "create_model",
+           "describe_source", "model_from_args"]
 
+DEFAULT_MODEL = "sadcl_fashion_mosaic"  # the shipped model: what the commands use when no model is named
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 _CONSTRUCTOR_KEYS = frozenset(("backbone", "num_classes", "label_names", "img_size", "hidden_dim", "ffn_dim",
@@ -116,6 +118,40 @@ def create_model(
     src = _resolve(source, pretrained=pretrained, checkpoint_path=checkpoint_path, cache_dir=cache_dir,
                    head_change=num_classes is not None or label_names is not None)
     return _build(src, num_classes=num_classes, label_names=label_names, overlay=overlay, overrides=overrides)
+
+
+def model_from_args(
+    model: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    default: str | None = DEFAULT_MODEL,
+    **kwargs: Any,
+) -> SADCL:
+    """What a command's ``--model`` and ``--checkpoint`` mean, in one place for every command.
+
+    ``--checkpoint FILE`` alone: the file describes itself. ``--model VARIANT --checkpoint FILE``: the variant's
+    network with that file's weights (they must agree). ``--model SOURCE`` alone: a variant with its published
+    weights, or a file, an export folder, ``local-dir:`` or ``hf-hub:``. Neither: ``default``.
+    """
+    if checkpoint is not None:
+        if model is None:
+            return create_model(checkpoint, **kwargs)
+        return create_model(model, checkpoint_path=checkpoint, **kwargs)
+    if model is None:
+        if default is None:
+            raise ModelSourceError("no model given: name a variant, a file or a folder (see `sadcl list`)")
+        model = default
+    return create_model(model, pretrained=True, **kwargs)
+
+
+def model_from_header(header: Mapping[str, Any], where: str) -> SADCL:
+    """The network a header describes (``WeightsHeader.to_json()``), randomly initialised: for a resumed run,
+    whose weights come from its training checkpoint next."""
+    parsed = parse_header({"sadcl": canonical_json(dict(header))}, where)
+    assert parsed is not None
+    src = _Source(config=dict(parsed.config), preprocessing=parsed.preprocessing,
+                  variant=parsed.variant if parsed.variant in VARIANTS else None, source=parsed.source)
+    return _build(src, num_classes=None, label_names=None, overlay={}, overrides={})
 
 
 def describe_source(source: str | os.PathLike) -> str:
@@ -317,17 +353,15 @@ def _pretrained_cfg(src: _Source, model: SADCL, pre: Preprocessing, head_change:
     if variant is not None and any(model.config.get(k) != VARIANTS[variant].arch.get(k) for k in ARCHITECTURE_KEYS):
         variant = None  # architecture overrides: no longer that variant's network
     if head_change or any(k in overrides for k in ARCHITECTURE_KEYS):
-        # results and descriptions belong to the recorded model, not to this one
-        for key in ("metrics", "metrics_source", "description", "dataset", "num_params"):
-            cfg.pop(key, None)
-    cfg.update(pre.to_dict())
+        cfg.update(metrics=None, metrics_source=None)  # the recorded results belong to the recorded model
+    cfg.update(pre.to_cfg())
     cfg.update({k: v for k, v in overlay.items() if k not in _PREPROCESSING_KEYS})
     cfg.update(
         architecture=variant or "sadcl", variant=variant, source=src.source, fixed_input_size=False,
         label_names=list(model.label_names), num_classes=model.num_classes, classifier="fc",
         has_weights=src.weights is not None,
     )
-    if overrides and "num_params" in cfg:
+    if overrides or head_change:  # count what was built
         cfg["num_params"] = sum(p.numel() for p in model.parameters())
     cfg.setdefault("train_size", model.config["img_size"])
     return cfg

@@ -134,7 +134,7 @@ def variant_pretrained_cfg(name: str, record: _weights.WeightsRecord | None) -> 
     return dict(
         architecture=name, variant=name, source=name if record is not None else None,
         dataset=cfg.dataset, description=cfg.description,
-        **cfg.preprocessing.to_dict(), fixed_input_size=False, train_size=cfg.train_size or cfg.img_size,
+        **cfg.preprocessing.to_cfg(), fixed_input_size=False, train_size=cfg.train_size or cfg.img_size,
         label_names=labels, num_classes=len(labels), classifier="fc",
         metrics=cfg.metrics, metrics_source=cfg.metrics_source, num_params=cfg.num_params,
         arch=dict(cfg.arch), weights=None if record is None else asdict(record), has_weights=record is not None,
