@@ -380,9 +380,11 @@ def _read_metrics(text: str | None) -> dict | None:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="variant name (published weights), .safetensors checkpoint, export folder or "
-                                 "hf-hub:ORG/NAME")
-    p.add_argument("output_dir", help="folder to write model.safetensors, config.json and README.md into")
+    p.add_argument("model", help="variant name (published weights), .safetensors file written by sadcl, export "
+                                 "folder, local-dir:PATH or hf-hub:ORG/NAME[@REV]")
+    p.add_argument("output_dir", help="a new or empty folder to write model.safetensors, config.json and README.md into")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the export files in a non-empty folder (nothing else in it is touched)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs pip install 'sadcl[onnx]')")
     p.add_argument("--metrics", help="results of these weights: inline JSON or a JSON file, e.g. '{\"mAP\": 85.6}'")
     p.add_argument("--recipe", help="how the weights were obtained (free text for the model card)")
@@ -399,9 +401,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         _require_extra("onnx")  # before anything is loaded or written
     model = model_from_args(args.model)
     config = export_model(model, args.output_dir, metrics=_read_metrics(args.metrics), recipe=args.recipe,
-                          repo_id=args.repo_id, license=args.license, onnx=args.onnx)
-    files = ", ".join(["model.safetensors", "config.json", "README.md"] + (["model.onnx"] if config["onnx"] else []))
-    print(f"wrote {files} to {args.output_dir}\nsha256 {config['weights']['sha256']}")
+                          repo_id=args.repo_id, license=args.license, onnx=args.onnx, overwrite=args.overwrite)
+    info = config["sadcl"]
+    print(f"wrote {', '.join(sorted(['config.json', *info['files']]))} to {args.output_dir}\n"
+          f"sha256 {info['weights']['sha256']}")
     return 0
 
 
