@@ -7,7 +7,9 @@ import torch
 from huggingface_hub import ModelCard, hf_hub_download
 
 import sadcl
-from sadcl.zoo.export import PublishError, export_model, is_exported_name, load_exported, push_to_hub
+from sadcl.zoo.export import PublishError, export_model, push_to_hub
+from sadcl.zoo.factory import ModelSourceError, create_model, describe_source
+from sadcl.zoo.header import parse_header
 from sadcl.zoo.loading import HeadChangeWarning
 from sadcl.zoo.weights import (
     CheckpointFileError,
@@ -17,6 +19,8 @@ from sadcl.zoo.weights import (
     read_safetensors,
     sha256_file,
 )
+
+load_exported = create_model  # an export folder, local-dir: or hf-hub: name is a source like any other
 
 REPO = "sadcl-test/tiny-export"
 TOKEN = "hf_test_write_token"
@@ -46,60 +50,88 @@ def logits(m: sadcl.SADCL, seed: int = 1, batch: int = 2) -> torch.Tensor:
 def test_export_writes_weights_config_and_card(export_dir, model):
     assert sorted(p.name for p in export_dir.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((export_dir / "config.json").read_text())
+    info = config["sadcl"]
     weights = export_dir / "model.safetensors"
-    assert config["weights"] == {"filename": "model.safetensors", "sha256": sha256_file(weights),
-                                 "size": weights.stat().st_size}
-    assert config["architecture"] == model.config and config["variant"] == "sadcl_tiny"
+    assert info["weights"] == {"filename": "model.safetensors", "sha256": sha256_file(weights),
+                               "size": weights.stat().st_size}
+    assert info["files"]["README.md"]["sha256"] == sha256_file(export_dir / "README.md")
+    # timm's layout: architecture (a registered entry point), model_args, pretrained_cfg with timm's keys
+    assert config["architecture"] == "sadcl_tiny" and config["model_args"] == model.config
+    assert info["variant"] == "sadcl_tiny" and info["format_version"] == 2
     assert config["label_names"][0] == "aeroplane" and config["num_classes"] == 20
-    assert config["preprocessing"] == {"input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406],
-                                       "std": [0.229, 0.224, 0.225], "interpolation": "bilinear",
-                                       "resize": "squash (Resize((s, s)))"}
-    assert config["metrics"] == METRICS and config["metrics_source"] == "measured on these weights"
-    assert json.loads(read_safetensors(weights)[1]["sadcl_config"]) == model.config
+    pre = config["pretrained_cfg"]
+    assert {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")} == {
+        "input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash"}
+    assert pre["license"] == "apache-2.0"
+    assert info["metrics"] == METRICS and info["metrics_source"] == "measured on these weights"
+    header = parse_header(read_safetensors(weights)[1], str(weights))
+    assert header.config == model.config and header.variant == "sadcl_tiny"
 
     card = ModelCard.load(export_dir / "README.md")
     assert card.data.library_name == "sadcl" and card.data.pipeline_tag == "image-classification"
     assert card.data.license == "apache-2.0" and "multi-label-image-classification" in card.data.tags
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert results == METRICS and card.data.eval_results[0].dataset_name == "none (tests and demos)"
+    assert card.data.to_dict()["metrics_source"] == "measured on these weights"
     for section in ("## Usage", "## Results", "## Labels", "## Training recipe", "## Citation"):
         assert section in card.text
-    assert f'load_exported("hf-hub:{REPO}")' in card.text and "19\ttvmonitor" in card.text
+    assert f'sadcl.create_model("hf-hub:{REPO}")' in card.text and "19\ttvmonitor" in card.text
+    assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in card.text
     assert "- **optimizer**: AdamW 5e-5" in card.text
     assert "Ma, Leilei and Sun, Dengdi and Wang, Lei and Zhao, Haifeng and Luo, Bin" in card.text
     assert "ECAI 2023" in card.text and "2307.09715" in card.text
 
 
+def test_exports_are_byte_reproducible(tmp_path, model):
+    digests = []
+    for name in ("a", "b"):
+        export_model(model, tmp_path / name, metrics=METRICS, repo_id=REPO)
+        digests.append([sha256_file(tmp_path / name / f) for f in ("model.safetensors", "config.json", "README.md")])
+    assert digests[0] == digests[1]
+
+
+def test_export_never_overwrites_or_deletes_what_it_did_not_write(tmp_path, model):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    (out / "model.onnx").write_bytes(b"my onnx")
+    with pytest.raises(CheckpointFileError, match="not empty.*overwrite"):
+        export_model(model, out)
+    assert (out / "README.md").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == [
+        "README.md", "model.onnx"]
+    export_model(model, out, overwrite=True)  # replaces the export files only
+    assert (out / "model.onnx").read_bytes() == b"my onnx"  # not ours: kept, and not part of the export
+    assert "model.onnx" not in json.loads((out / "config.json").read_text())["sadcl"]["files"]
+
+
 def test_overridden_variant_does_not_inherit_the_papers_results(tmp_path):
     small = sadcl.create_model("sadcl_coco_448", backbone="test_resnet", hidden_dim=32, ffn_dim=32, img_size=64)
-    (tmp_path / "export").mkdir()
-    (tmp_path / "export" / "model.onnx").write_bytes(b"from an earlier export")
     config = export_model(small, tmp_path / "export")
-    assert not (tmp_path / "export" / "model.onnx").exists()  # would be published beside other weights
-    assert config["variant"] is None and config["metrics"] is None and config["description"] is None
+    assert config["sadcl"]["variant"] is None and config["sadcl"]["metrics"] is None
+    assert config["architecture"] == "sadcl"  # timm's generic SADCL entry point, built from model_args
     assert "No results are recorded" in (tmp_path / "export" / "README.md").read_text()
 
 
 def test_a_folder_named_like_a_variant_does_not_hide_the_variant(tmp_path, monkeypatch, export_dir):
     monkeypatch.chdir(tmp_path)
     export_dir.rename(tmp_path / "sadcl_tiny")
-    assert not is_exported_name("sadcl_tiny") and is_exported_name("./sadcl_tiny")
-    assert is_exported_name("hf-hub:org/name") and not is_exported_name(str(tmp_path))  # no config.json
+    assert describe_source("sadcl_tiny") == "variant" and describe_source("./sadcl_tiny") == "folder"
+    assert describe_source("hf-hub:org/name") == "hub" and describe_source("local-dir:x") == "folder"
 
 
 @pytest.mark.parametrize("prefix", ["", "local-dir:"])
 def test_load_exported_from_a_folder(export_dir, model, prefix):
-    assert is_exported_name(f"{prefix}{export_dir}")
     loaded = load_exported(f"{prefix}{export_dir}")
     assert torch.equal(logits(loaded), logits(model))
     cfg = loaded.pretrained_cfg
     assert cfg["input_size"] == (3, 64, 64) and cfg["label_names"] == model.label_names
     assert cfg["metrics"] == METRICS and cfg["weights"]["sha256"] == sha256_file(export_dir / "model.safetensors")
     again = export_model(loaded, export_dir.parent / "again")  # re-exporting keeps what the export recorded
-    assert again["variant"] == "sadcl_tiny" and again["metrics"] == METRICS
-    # Same tensors and header (not the same bytes: safetensors orders header metadata arbitrarily).
+    assert again["sadcl"]["variant"] == "sadcl_tiny" and again["sadcl"]["metrics"] == METRICS
     first, second = (read_safetensors(d / "model.safetensors") for d in (export_dir, export_dir.parent / "again"))
-    assert first[1] == second[1] and all(torch.equal(first[0][k], second[0][k]) for k in first[0])
+    assert all(torch.equal(first[0][k], second[0][k]) for k in first[0])
+    assert parse_header(second[1], "again").source == "export"  # it descends from the folder named "export"
 
 
 def test_load_exported_with_a_new_label_set_keeps_the_rest(export_dir, model):
@@ -114,7 +146,7 @@ def test_load_exported_with_a_new_label_set_keeps_the_rest(export_dir, model):
 
 def test_load_exported_refuses_bad_folders(export_dir, tmp_path):
     config = json.loads((export_dir / "config.json").read_text())
-    config["weights"]["sha256"] = "0" * 64
+    config["sadcl"]["weights"]["sha256"] = "0" * 64
     (export_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(ChecksumError, match="does not match config.json"):
         load_exported(export_dir)
@@ -123,7 +155,7 @@ def test_load_exported_refuses_bad_folders(export_dir, tmp_path):
         load_exported(export_dir)
     with pytest.raises(CheckpointFileError, match="export folder not found"):
         load_exported(f"local-dir:{tmp_path / 'absent'}")
-    with pytest.raises(ValueError, match="hf-hub:ORG/NAME"):
+    with pytest.raises(ModelSourceError, match="hf-hub:ORG/NAME"):
         load_exported("hf-hub:no-slash")
 
 
@@ -189,7 +221,7 @@ def test_push_needs_a_token_and_a_consistent_folder(hub_uploads, export_dir):
     with pytest.raises(PublishError, match="(?s)could not push .* to sadcl-test/tiny-export.*401.*write token"):
         push_to_hub(export_dir, REPO)
     (export_dir / "model.safetensors").write_bytes(b"changed after export")
-    with pytest.raises(PublishError, match="not a consistent export.*sadcl export"):
+    with pytest.raises(PublishError, match="changed since `sadcl export`.*run `sadcl export` again"):
         push_to_hub(export_dir, REPO, token=TOKEN)
     assert hub_uploads.commits == []
 
@@ -203,10 +235,10 @@ def test_cli_export_and_push(hub_uploads, tmp_path, model, capsys):
     save_safetensors(export_state_dict(model), checkpoint, checkpoint_metadata(model))
     out = tmp_path / "export"
     assert main(["export", str(checkpoint), str(out), "--metrics", '{"mAP": 50.5}', "--repo-id", REPO]) == 0
-    assert json.loads((out / "config.json").read_text())["metrics"] == {"mAP": 50.5}
+    assert json.loads((out / "config.json").read_text())["sadcl"]["metrics"] == {"mAP": 50.5}
     assert main(["push", str(out), REPO, "--token", TOKEN]) == 0
     printed = capsys.readouterr().out
-    record = json.loads(printed[printed.index("{", printed.index("weights.json")):])["tiny-export"]
+    (record,) = json.loads(printed[printed.index("{", printed.index("weights.json")):]).values()
     assert record["revision"] == hub_uploads.commits[-1].oid
     assert torch.equal(logits(load_exported(f"hf-hub:{REPO}@{record['revision']}")), logits(model))
     assert main(["export", str(checkpoint), str(out), "--metrics", "[1, 2]"]) == 2
@@ -220,5 +252,5 @@ def test_create_model_accepts_hub_and_folder_names(fake_hub, export_dir, model):
     fake_hub.add_file(REPO, "model.safetensors", (export_dir / "model.safetensors").read_bytes())
     assert torch.equal(logits(sadcl.create_model(f"hf-hub:{REPO}")), logits(model))
     assert torch.equal(logits(sadcl.create_model(str(export_dir))), logits(model))
-    with pytest.raises(TypeError, match="checkpoint_path"):
+    with pytest.raises(ModelSourceError, match="checkpoint_path"):
         sadcl.create_model(str(export_dir), checkpoint_path=export_dir / "model.safetensors")
