@@ -8,7 +8,6 @@ unreadable ones are dropped together with their target rows (``num_skipped``, ``
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -18,7 +17,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -245,17 +244,23 @@ def _worker_original(error: BaseException) -> Optional[BaseException]:
     return original
 
 
-@contextlib.contextmanager
-def unwrap_worker_errors() -> Iterator[None]:
-    """Re-raise an error from a DataLoader worker as the worker raised it: the same type with its own
-    one-line message (e.g. :class:`~sadcl.data.images.ImageLoadError` naming the file), instead of torch's
-    "Caught … in DataLoader worker process N. Original Traceback …" text of 18 lines."""
-    try:
-        yield
-    except Exception as error:
-        original = _worker_original(error)
+class unwrap_worker_errors:
+    """Context manager re-raising an error of a DataLoader worker as the worker raised it: the same type with
+    its own one-line message (e.g. :class:`~sadcl.data.images.ImageLoadError` naming the file), instead of
+    torch's "Caught … in DataLoader worker process N. Original Traceback …" text of 18 lines."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Optional[type], error: Optional[BaseException], tb: object) -> bool:
+        del tb  # this frame is part of the new error's traceback: it must not hold the old one's frames
+        original = _worker_original(error) if isinstance(error, Exception) else None
         if original is None:
-            raise
+            return False
+        # torch's error stays chained (__context__), but without its traceback, whose frames hold the
+        # loader's iterator: the worker processes must not live as long as the new error does.
+        error.__traceback__ = None
+        del error
         raise original from None
 
 
