@@ -325,7 +325,7 @@ def test_unreadable_image_in_train_and_eval_is_one_line(data, tmp_path, capsys):
     weights = tmp_path / "w.safetensors"
     model = create_model("sadcl_tiny", label_names=["cat", "dog"], img_size=32, hidden_dim=32, ffn_dim=32,
                          proj_dim=16)
-    export_weights(model, weights, variant="sadcl_tiny")
+    export_weights(model, weights)
     (tmp_path / "img" / "train_2.png").write_bytes(b"\x89PNG truncated")  # passes the stat check, fails to decode
     out = tmp_path / "run"
     with pytest.raises(ImageLoadError) as err:  # the Python API gets the one line too
