@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -29,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 __all__ = ["EMPTY_AGENT_REGISTRY", "FakeHub"]
 
 _BLOB_PREFIX = "/lfs-blobs/"
+_STALL_MAX_S = 30.0  # a stalled answer ends after this long at the latest (or at stop())
 EMPTY_AGENT_REGISTRY = {"standardEnvVars": [], "harnesses": {}}
 
 
@@ -77,11 +79,15 @@ class FakeHub:
         self._commit_counter = itertools.count()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.stall: str | None = None  # see stall_answers()
+        self.trickle_interval = 0.5
+        self._released = threading.Event()  # set by stop(): ends stalled answers
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> FakeHub:
         """Bind a free port and serve in a daemon thread. Idempotent."""
         if self._server is None:
+            self._released.clear()
             self._server = ThreadingHTTPServer((self.host, 0), _make_handler(self))
             self._server.daemon_threads = True
             # A short poll interval keeps stop() (called by every test's teardown) fast.
@@ -92,6 +98,7 @@ class FakeHub:
 
     def stop(self) -> None:
         """Stop serving and close the socket, so that later connections are refused. Idempotent."""
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -116,6 +123,14 @@ class FakeHub:
     def endpoint(self) -> str:
         """The value for ``HF_ENDPOINT`` / ``huggingface_hub.constants.ENDPOINT``."""
         return f"http://{self.host}:{self.port}"
+
+    def stall_answers(self, mode: str | None, *, interval: float = 0.5) -> None:
+        """Behave like a dead or slow server: ``"silent"`` accepts connections but never answers, ``"trickle"``
+        sends every body one byte per ``interval`` seconds, ``None`` serves normally again. A stalled answer
+        ends when the client goes away, at :meth:`stop`, or after 30 s."""
+        if mode not in (None, "silent", "trickle"):
+            raise ValueError(f"mode must be None, 'silent' or 'trickle', got {mode!r}")
+        self.stall, self.trickle_interval = mode, interval
 
     # ------------------------------------------------------------------ content
     def add_file(
@@ -248,13 +263,28 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.0"
 
         def _answer(self, with_body: bool) -> None:
+            if hub.stall == "silent":
+                with hub._lock:
+                    hub.requests.append((self.command, self.path))
+                hub._released.wait(_STALL_MAX_S)
+                return  # the connection closes without an answer
             status, headers, body = hub.handle(self.command, self.path, dict(self.headers.items()))
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if with_body and body:
+            if with_body and body and hub.stall == "trickle":
+                started = time.monotonic()
+                for i in range(len(body)):
+                    if hub._released.wait(hub.trickle_interval) or time.monotonic() - started > _STALL_MAX_S:
+                        return
+                    try:
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+            elif with_body and body:
                 self.wfile.write(body)
 
         def do_HEAD(self) -> None:  # http.server dispatches on the method name

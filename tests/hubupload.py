@@ -78,6 +78,7 @@ class HubUploads:
         self.heads: dict[tuple[str, str], str] = {}  # (repo, branch) -> commit
         self.trees: dict[str, dict[str, str]] = {}  # commit -> path -> git oid
         self.commits: list[Commit] = []
+        self.refuse_create: int | None = None  # an HTTP status to answer every repo creation with (e.g. 403)
         self._lock = threading.Lock()
 
     def install(self) -> HubUploads:
@@ -129,6 +130,9 @@ class HubUploads:
 
     # ------------------------------------------------------------------ endpoints
     def _create(self, payload: dict) -> Answer:
+        if self.refuse_create is not None:
+            message = "You don't have the rights to create a model under this namespace"
+            return _json(self.refuse_create, {"error": message}, **{"X-Error-Message": message})
         if payload.get("type") not in (None, "model") or not payload.get("organization"):
             return _json(400, {"error": "FakeHub creates model repos named org/name only"})
         repo_id = f"{payload['organization']}/{payload['name']}"
