@@ -18,11 +18,11 @@ from PIL import Image
 
 from sadcl import _atomic, create_model
 from sadcl.cli import main
-from sadcl.data.datasets import MultiLabelDataset, unwrap_worker_errors
+from sadcl.data.datasets import CSVDataset, MultiLabelDataset, unwrap_worker_errors
 from sadcl.data.images import ImageLoadError
 from sadcl.train import loop as loop_mod
 from sadcl.train.checkpoint import export_weights, load_training_checkpoint
-from sadcl.train.loop import ConfigError, TrainConfig, train
+from sadcl.train.loop import ConfigError, TrainConfig, evaluate_model, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::sadcl.metrics.NoPositiveClassWarning")
 TINY = ["--model", "sadcl_tiny", "--model-arg", "hidden_dim=32", "--model-arg", "ffn_dim=32",
@@ -340,3 +340,14 @@ def test_unreadable_image_in_train_and_eval_is_one_line(data, tmp_path, capsys):
     err_line = one_line(capsys.readouterr().err)
     assert err_line.startswith(f"sadcl eval: error: cannot load image {tmp_path / 'img' / 'train_2.png'}: ")
     assert snapshot(tmp_path) == before
+
+
+def test_evaluation_checks_its_image_files_first(data, tmp_path):
+    (tmp_path / "img" / "train_0.png").unlink()
+    model = create_model("sadcl_tiny", label_names=["cat", "dog"], img_size=32, hidden_dim=32, ffn_dim=32,
+                         proj_dim=16)
+    with pytest.raises(ImageLoadError, match=r"^evaluation image .*train_0.png is missing or not a regular file "
+                                             r"\(1 of 4 evaluation images are"):
+        evaluate_model(model, CSVDataset(data), num_workers=0)
+    with pytest.raises(ConfigError, match=r"^batch_size must be an integer >= 1, got 0$"):
+        evaluate_model(model, CSVDataset(data), batch_size=0)
