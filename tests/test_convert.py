@@ -89,7 +89,8 @@ def test_convert_writes_our_safetensors_with_config(tmp_path):
     assert result["sha256"] == sha256_file(out) and result["size"] == out.stat().st_size
     state_dict, metadata = read_safetensors(out)
     assert "memorybank" not in state_dict and state_dict["prototypes"].shape == (20, 96)
-    assert json.loads(metadata["sadcl_config"])["hidden_dim"] == 96
+    header = json.loads(metadata["sadcl"])
+    assert header["config"]["hidden_dim"] == 96 and header["source"] == f"converted from {path.name}"
     loaded = sadcl.create_model("sadcl_tiny", **SAME_WIDTH, checkpoint_path=out).eval()
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(loaded(x), source(x))

@@ -29,8 +29,9 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(tmp_path):
     checkpoint = tmp_path / "fine-tuned.safetensors"
     save_safetensors(export_state_dict(model), checkpoint, checkpoint_metadata(model))
     assert main(["export", str(checkpoint), str(tmp_path / "export"), "--onnx"]) == 0
-    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    config = json.loads((tmp_path / "export" / "config.json").read_text())["sadcl"]
     path = tmp_path / "export" / "model.onnx"
+    assert config["files"]["model.onnx"]["sha256"] == sha256_file(path)
     assert config["onnx"]["filename"] == "model.onnx" and config["onnx"]["sha256"] == sha256_file(path)
     assert config["onnx"]["input_size"] == [3, 64, 64]
     assert "onnxruntime" in (tmp_path / "export" / "README.md").read_text()

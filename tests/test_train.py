@@ -105,7 +105,8 @@ def test_one_epoch_writes_checkpoint_weights_and_log(objective, fashion_root, tm
     # Publishable weights: the best raw/EMA model with its config, never the memory bank.
     state, meta = read_safetensors(tmp_path / "best.safetensors")
     assert not any("bank" in k for k in state)
-    assert json.loads(meta["sadcl_training"])["source"] in ("raw", "ema")
+    header = json.loads(meta["sadcl"])  # the self-describing header (sadcl.zoo.header)
+    assert header["training"]["source"] in ("raw", "ema") and header["config"]["label_names"] == train_ds.label_names
     model = load_model(checkpoint=tmp_path / "best.safetensors")  # variant and labels from the header
     assert model.label_names == train_ds.label_names
     source = trainer.ema.module if summary["best"]["source"] == "ema" else trainer.model
@@ -295,7 +296,7 @@ def test_trainer_stops_early_and_exports_the_best(fashion_root, tmp_path, monkey
     assert summary["best"] == {"mAP": 20.0, "epoch": 1, "source": "raw"}
     assert [r["epoch"] for r in read_log(tmp_path) if r["event"] == "early_stop"] == [5]
     _, meta = read_safetensors(tmp_path / "best.safetensors")
-    assert json.loads(meta["sadcl_training"]) == {"epoch": 1, "source": "raw", "objective": "sadcl",
+    assert json.loads(meta["sadcl"])["training"] == {"epoch": 1, "source": "raw", "objective": "sadcl",
                                                        "mAP": 20.0, "CF1": 20.0, "OF1": 20.0, "num_images": 7}
 
 

@@ -116,7 +116,8 @@ def create_model(
         raise TypeError(f"create_model({os.fspath(source)!r}) got unknown keyword(s) {unknown}; valid: "
                         f"{sorted(_CONSTRUCTOR_KEYS | {'num_classes', 'label_names', 'checkpoint_path', 'cache_dir'})}")
     src = _resolve(source, pretrained=pretrained, checkpoint_path=checkpoint_path, cache_dir=cache_dir,
-                   head_change=num_classes is not None or label_names is not None)
+                   head_change=num_classes is not None or label_names is not None,
+                   arch={k: v for k, v in overrides.items() if k in ARCHITECTURE_KEYS})
     return _build(src, num_classes=num_classes, label_names=label_names, overlay=overlay, overrides=overrides)
 
 
@@ -173,12 +174,12 @@ def describe_source(source: str | os.PathLike) -> str:
 
 
 def _resolve(source: str | os.PathLike, *, pretrained: bool, checkpoint_path: str | os.PathLike | None,
-             cache_dir: str | os.PathLike | None, head_change: bool) -> _Source:
+             cache_dir: str | os.PathLike | None, head_change: bool, arch: Mapping[str, Any] | None = None) -> _Source:
     text = os.fspath(source)
     kind = describe_source(text)
     if kind == "variant":
         return _from_variant(text, pretrained=pretrained, checkpoint_path=checkpoint_path, cache_dir=cache_dir,
-                             head_change=head_change)
+                             head_change=head_change, arch=arch or {})
     if checkpoint_path is not None:
         raise ModelSourceError(f"{text!r} already names the weights; checkpoint_path= goes with a variant name")
     if kind == "file":
@@ -206,11 +207,13 @@ def _read_header(path: Path) -> WeightsHeader | None:
 
 
 def _from_variant(name: str, *, pretrained: bool, checkpoint_path: str | os.PathLike | None,
-                  cache_dir: str | os.PathLike | None, head_change: bool) -> _Source:
+                  cache_dir: str | os.PathLike | None, head_change: bool, arch: Mapping[str, Any]) -> _Source:
+    """A variant, with ``arch`` (architecture overrides the caller asked for) applied before any file is checked."""
     cfg = VARIANTS[name]
     record = weights_table().get(name)
     meta = variant_pretrained_cfg(name, record)
-    src = _Source(config=cfg.constructor_args(), preprocessing=cfg.preprocessing, variant=name, source=None, meta=meta)
+    src = _Source(config={**cfg.constructor_args(), **arch}, preprocessing=cfg.preprocessing, variant=name,
+                  source=None, meta=meta)
     if checkpoint_path is None and not pretrained:
         return src
     if checkpoint_path is None and record is None:
