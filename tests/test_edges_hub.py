@@ -143,11 +143,19 @@ def test_download_deadline_context_covers_any_hub_download(fake_hub, published) 
     it, huggingface_hub's own behaviour is unchanged."""
     fake_hub.stall_answers("trickle", interval=0.25)
     start = time.monotonic()
-    with pytest.raises(Exception, match="no complete download within 0.7 s"), H.download_deadline(0.7):
+    with pytest.raises(WeightsDownloadError) as info, H.download_deadline("the backbone weights", timeout=0.7):
         hf_hub_download(REPO, FILE, revision=published)
     assert time.monotonic() - start < 1.5
+    message = _one_line(str(info.value))
+    assert message.startswith(f"cannot download the backbone weights (http://{fake_hub.blob_host}:{fake_hub.port}"
+                              f"/lfs-blobs/{hashlib.sha256(CONTENT).hexdigest()})")
+    assert "0.7 s download deadline" in message
     fake_hub.stall_answers(None)
     assert Path(hf_hub_download(REPO, FILE, revision=published)).read_bytes() == CONTENT
+    with pytest.raises(WeightsDownloadError, match="repository was not found"), H.download_deadline("a file"):
+        hf_hub_download("nobody/nothing", FILE)
+    with pytest.raises(KeyError), H.download_deadline("a file"):  # not a Hub failure: passed through
+        raise KeyError("other")
 
 
 def test_one_mapper_names_every_hub_failure(fake_hub, published, hub_offline, hf_cache) -> None:
@@ -389,3 +397,27 @@ def test_installed_sadcl_push_offline_prints_no_traceback(fake_hub, export_dir) 
     assert out.returncode == 2, out.stderr
     line = _one_line(out.stderr)
     assert "Traceback" not in out.stderr and f"on {endpoint}: the Hub cannot be reached" in line
+
+
+def test_backbone_weights_download_has_the_deadline_and_fails_fast(fake_hub, monkeypatch) -> None:
+    """``pretrained_backbone=True`` downloads through timm → hf_hub_download, inside sadcl's deadline."""
+    import sadcl
+
+    args = dict(sadcl.create_model("sadcl_tiny").config)
+    fake_hub.add_file("timm/test_resnet.r160_in1k", "model.safetensors", CONTENT)
+    fake_hub.stall_answers("trickle", interval=0.25)
+    monkeypatch.setenv("SADCL_DOWNLOAD_TIMEOUT", "0.7")
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError) as info:
+        sadcl.SADCL(**args, pretrained_backbone=True)
+    assert time.monotonic() - start < 1.6
+    message = _one_line(str(info.value))
+    assert "the ImageNet weights of backbone 'test_resnet' (through timm)" in message
+    assert "0.7 s download deadline" in message
+
+    endpoint = fake_hub.endpoint
+    fake_hub.stop()
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError, match=f"the Hub at {endpoint} cannot be reached.*HF_HUB_OFFLINE=1"):
+        sadcl.SADCL(**args, pretrained_backbone=True)
+    assert time.monotonic() - start < 1.5

@@ -97,6 +97,7 @@ class _Budget:
         self.seconds = seconds
         self.deadline = None if seconds is None else time.monotonic() + seconds
         self.expired = False
+        self.last_url: str | None = None  # for messages about downloads made by others (timm)
         self._unanswered: set[tuple[str, str]] = set()
 
     def remaining(self) -> float:
@@ -110,6 +111,7 @@ class _Budget:
     def before_request(self, request: Any) -> None:
         self.check()
         key = (request.method, str(request.url))
+        self.last_url = str(request.url)
         if key in self._unanswered:  # the same request failed without any answer: the endpoint is unreachable
             raise _Unreachable(f"{request.method} {request.url.scheme}://{request.url.netloc.decode()} got no answer")
         self._unanswered.add(key)
@@ -198,17 +200,26 @@ def _budget_scope(budget: _Budget) -> Iterator[_Budget]:
 
 
 @contextmanager
-def download_deadline(timeout: float | None = None) -> Iterator[None]:
+def download_deadline(what: str, *, timeout: float | None = None) -> Iterator[None]:
     """Every Hub request made in this thread inside the block shares one deadline (``timeout`` seconds, default
-    :func:`download_timeout`), and a request that got no answer at all is not retried.
+    :func:`download_timeout`), a request that got no answer at all is not retried, and a Hub failure becomes
+    one :class:`WeightsDownloadError` line about ``what``.
 
-    :func:`hub_download` applies it per file; wrap other Hub downloads with it, e.g. timm's backbone weights::
+    :func:`hub_download` is the way to download a file; this is for downloads made by others, e.g. timm's
+    backbone weights::
 
-        with download_deadline():
-            timm.create_model(name, pretrained=True)
+        with download_deadline("the ImageNet weights of backbone 'resnet50'"):
+            timm.create_model("resnet50", pretrained=True)
     """
-    with _budget_scope(_Budget(download_timeout(timeout))):
-        yield
+    budget = _Budget(download_timeout(timeout))
+    try:
+        with _budget_scope(budget):
+            yield
+    except Exception as e:
+        if not _is_hub_failure(e):
+            raise
+        subject = f"{what} ({budget.last_url})" if budget.last_url else what
+        raise WeightsDownloadError(hub_error_message(e, what=subject, cache_root=_cache_root(None))) from e
 
 
 # ----------------------------------------------------------------------------- download
@@ -268,6 +279,15 @@ def hub_download(
     raise WeightsDownloadError(message) from error
 
 
+def _is_hub_failure(error: BaseException) -> bool:
+    """True for the errors a Hub download raises (huggingface_hub's, the HTTP client's, the deadline's)."""
+    from huggingface_hub import errors
+
+    return isinstance(error, (_DeadlineExceeded, _Unreachable, httpx2.TransportError, errors.HfHubHTTPError,
+                              errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)) \
+        or (isinstance(error, OSError) and "Consistency check failed" in str(error))
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -296,18 +316,23 @@ def hub_error_message(
     error: BaseException,
     *,
     what: str,
-    repo_id: str,
-    filename: str,
-    revision: str | None,
     cache_root: Path,
+    repo_id: str | None = None,
+    filename: str | None = None,
+    revision: str | None = None,
     instead: str | None = None,
     if_missing: str | None = None,
 ) -> str:
-    """One line for any failure of a Hub download: what was fetched, from where, why it failed, what to do."""
+    """One line for any failure of a Hub download: what was fetched, from where, why it failed, what to do.
+
+    ``repo_id``/``filename``/``revision`` name the file when known (always, for :func:`hub_download`).
+    """
     from huggingface_hub import constants, errors
 
     endpoint = constants.ENDPOINT
-    subject = f"{what} ({filename} in Hub repo {repo_id!r} at revision {revision or 'main'})"
+    subject = what if repo_id is None else (f"{what} ({filename} in Hub repo {repo_id!r} "
+                                            f"at revision {revision or 'main'})")
+    repo = f"repository {repo_id!r}" if repo_id else "the repository"
     alternative = f", or {instead}" if instead else ""
     missing = f" {if_missing}" if if_missing else ""
     offline_hint = "set HF_HUB_OFFLINE=1 to use only the files already in the cache"
@@ -340,16 +365,17 @@ def hub_error_message(
         return (f"cannot download {subject}: {why} and the file is not in the cache directory {cache_root}. "
                 f"Try again later, or {offline_hint}{alternative}.")
     if isinstance(error, errors.GatedRepoError):
-        return (f"cannot download {subject}: repository {repo_id!r} on {endpoint} is gated: accept its conditions "
+        return (f"cannot download {subject}: {repo} on {endpoint} is gated: accept its conditions "
                 f"on its Hub page and log in (hf auth login or HF_TOKEN){alternative}.")
     if isinstance(error, errors.RepositoryNotFoundError):
-        return (f"cannot download {subject}: repository {repo_id!r} was not found on {endpoint} (it does not "
+        return (f"cannot download {subject}: {repo} was not found on {endpoint} (it does not "
                 f"exist, or it is private and no valid token was sent). Check HF_ENDPOINT and your token.{missing}")
     if isinstance(error, errors.RevisionNotFoundError):
-        return (f"cannot download {subject}: revision {revision} does not exist in {repo_id!r} on "
+        return (f"cannot download {subject}: revision {revision or 'main'} does not exist in {repo} on "
                 f"{endpoint}.{missing}")
     if isinstance(error, errors.RemoteEntryNotFoundError):
-        return (f"cannot download {subject}: the repository has no file {filename!r} at that revision on "
+        name = repr(filename) if filename else "of that name"
+        return (f"cannot download {subject}: the repository has no file {name} at that revision on "
                 f"{endpoint}.{missing}")
     if isinstance(error, OSError) and "Consistency check failed" in str(error):
         return (f"the download of {subject} was incomplete (the file is shorter than announced), so nothing was "
