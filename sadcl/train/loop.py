@@ -920,9 +920,9 @@ class Trainer:
             rows = slice(info.rank * self.local_batch, (info.rank + 1) * self.local_batch)
             self.bank.bank.copy_(bank[rows])
         if not exact:
-            warnings.warn(f"resuming a {saved_world}-process run with {info.world_size} processes: banks are "
-                          "re-split, but per-process random streams differ, so the run is not bit-exact",
-                          stacklevel=3)
+            warnings.warn(InexactResumeWarning(
+                f"resuming a {saved_world}-process run with {info.world_size} processes: banks are re-split, "
+                "but per-process random streams differ, so the run is not bit-exact"), stacklevel=3)
         rngs = ckpt["rng"]
         if info.rank < len(rngs):
             set_rng_state(rngs[info.rank])
