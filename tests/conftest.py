@@ -105,7 +105,7 @@ def hub_offline(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
     return set_offline
 
 
-# -- upload side (appended for sadcl.zoo.export.push_to_hub) -------------------------------------------------
+# -- upload side (appended for sadcl.zoo.hub.push_to_hub) ----------------------------------------------------
 from hubupload import HubUploads  # noqa: E402  (after the sys.path insert above)
 
 

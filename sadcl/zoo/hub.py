@@ -299,7 +299,7 @@ def _network_reason(error: BaseException | None) -> str | None:
 
     while error is not None:
         if isinstance(error, _Unreachable):
-            return "no answer: the connection failed"
+            return "no answer: the connection was refused, failed or timed out"
         if isinstance(error, httpx2.ProxyError):
             return f"the proxy failed: {_first_line(error)}"
         if isinstance(error, httpx2.ConnectTimeout):
