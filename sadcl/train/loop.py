@@ -714,9 +714,10 @@ class Trainer:
         for key in TrainConfig.EXACTNESS_KEYS:
             if key in stored and _normalise(stored[key]) != _normalise(now[key]):
                 why = "the run will not continue bit-exactly (random augmentations and dropout draw differently)"
+                was, new = (("on" if v else "off") if isinstance(v, bool) else v for v in (stored[key], now[key]))
                 warnings.warn(InexactResumeWarning(
                     f"resuming with {key}={now[key]!r} (the run used {stored[key]!r}): {why}",
-                    f"resuming with {_flag(key)} {now[key]} (the run used {stored[key]}): {why}; "
+                    f"resuming with {_flag(key)} {new} (the run used {was}): {why}; "
                     f"omit {_flag(key)} to keep the run's value"), stacklevel=3)
 
     def _setup(self, ckpt, model, train_dataset, val_dataset, prototype_dataset) -> None:
