@@ -427,7 +427,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from .zoo.hub import push_to_hub
 
     push_to_hub(args.export_dir, args.repo_id, token=args.token, public=args.public, revision=args.revision,
-                commit_message=args.message, _cli=True)
+                commit_message=args.message)
     return 0
 
 

@@ -342,7 +342,7 @@ def _push(args: list[str], capsys, tmp_path: Path) -> str:
 def test_cli_push_network_failures_are_one_line(hub_uploads, export_dir, hub_offline, capsys, tmp_path) -> None:
     endpoint = hub_uploads.hub.endpoint
     line = _push([str(export_dir), REPO], capsys, tmp_path)  # no token: the Hub answers 401
-    assert "HTTP 401" in line and "--token <write token>" in line and "token=" not in line
+    assert "HTTP 401" in line and "(--token TOKEN)" in line and "token=" not in line
 
     hub_uploads.refuse_create = 403
     line = _push([str(export_dir), REPO, "--token", TOKEN], capsys, tmp_path)

@@ -475,13 +475,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-# How messages name push_to_hub's options, in Python and on the command line (sadcl push).
-_PY_WORDS = {"public": "public=True", "token": "token=<write token>"}
-_CLI_WORDS = {"public": "--public", "token": "--token <write token>"}
-
-
-def _publish_error_message(folder: Path, repo_id: str, endpoint: str, error: BaseException,
-                           words: Mapping[str, str]) -> str:
+def _publish_error_message(folder: Path, repo_id: str, endpoint: str, error: BaseException) -> str:
     from huggingface_hub import constants, errors
 
     head = f"could not push {folder} to {repo_id} on {endpoint}"
@@ -494,7 +488,7 @@ def _publish_error_message(folder: Path, repo_id: str, endpoint: str, error: Bas
     status = getattr(getattr(error, "response", None), "status_code", None)
     if status in (401, 403):
         return (f"{head}: HTTP {status}, the Hub refused the token ({_first_line(error)}). Log in with "
-                f"`hf auth login` or pass a write token that may write to this repository ({words['token']})")
+                "`hf auth login` or pass a write token that may write to this repository (token=<token>)")
     if status is not None:
         return f"{head}: HTTP {status} ({_first_line(error)})"
     return f"{head}: {type(error).__name__}: {_first_line(error)}"
@@ -508,7 +502,6 @@ def push_to_hub(
     public: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
-    _cli: bool = False,
 ) -> dict[str, Any]:
     """Upload exactly the files of an export folder to the Hub; return (and print) its ``weights.json`` record.
 
@@ -525,8 +518,6 @@ def push_to_hub(
         PublishError: not an export, a file differs from its record, or the Hub refused or cannot be reached.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
-
-    words = _CLI_WORDS if _cli else _PY_WORDS  # `sadcl push` passes _cli=True: messages name its flags
 
     folder = Path(export_dir).expanduser()
     config = _read_config(folder)
@@ -562,14 +553,14 @@ def push_to_hub(
         with _budget_scope(_Budget(None)):
             api.create_repo(repo_id, private=not public, exist_ok=True, repo_type="model")
             if not public and not api.repo_info(repo_id, repo_type="model").private:
-                raise PublishError(f"Hub repository {repo_id} on {api.endpoint} is public: pass {words['public']} "
+                raise PublishError(f"Hub repository {repo_id} on {api.endpoint} is public: pass public=True "
                                    "to publish into it, or choose another repository")
             info = api.create_commit(repo_id, operations, commit_message=message, revision=revision,
                                      repo_type="model")
     except PublishError:
         raise
     except Exception as e:  # every Hub failure becomes one line; the original stays as __cause__
-        raise PublishError(_publish_error_message(folder, repo_id, api.endpoint, e, words)) from e
+        raise PublishError(_publish_error_message(folder, repo_id, api.endpoint, e)) from e
 
     record = dict(hf_hub_id=repo_id, filename="model.safetensors", revision=info.oid, sha256=weights["sha256"],
                   size=weights["size"])
