@@ -421,3 +421,26 @@ def test_backbone_weights_download_has_the_deadline_and_fails_fast(fake_hub, mon
     with pytest.raises(WeightsDownloadError, match=f"the Hub at {endpoint} cannot be reached.*HF_HUB_OFFLINE=1"):
         sadcl.SADCL(**args, pretrained_backbone=True)
     assert time.monotonic() - start < 1.5
+
+
+def test_hf_hub_export_offline_fails_fast_and_slow_hub_meets_the_deadline(fake_hub, monkeypatch) -> None:
+    """``create_model("hf-hub:…")`` downloads through hub_download: no ~23 s of retries, no endless trickle."""
+    import sadcl
+
+    fake_hub.add_file(REPO, "config.json", b'{"architecture": "sadcl_tiny"}', lfs=False)
+    fake_hub.stall_answers("trickle", interval=0.25)
+    monkeypatch.setenv("SADCL_DOWNLOAD_TIMEOUT", "0.6")
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError, match=f"hf-hub:{REPO}.*0.6 s download deadline"):
+        sadcl.create_model(f"hf-hub:{REPO}")
+    assert time.monotonic() - start < 1.5
+
+    endpoint = fake_hub.endpoint
+    fake_hub.stop()
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError) as info:
+        sadcl.create_model(f"hf-hub:{REPO}")
+    assert time.monotonic() - start < 1.5
+    message = _one_line(str(info.value))
+    assert f"hf-hub:{REPO}" in message and f"the Hub at {endpoint} cannot be reached" in message
+    assert "HF_HUB_OFFLINE=1" in message
