@@ -74,6 +74,7 @@ def test_export_writes_weights_config_and_card(export_dir, model):
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert results == METRICS and card.data.eval_results[0].dataset_name == "none (tests and demos)"
     assert card.data.to_dict()["metrics_source"] == "measured on these weights"
+    assert card.data.to_dict()["label_names"] == model.label_names
     for section in ("## Usage", "## Results", "## Labels", "## Training recipe", "## Citation"):
         assert section in card.text
     assert f'sadcl.create_model("hf-hub:{REPO}")' in card.text and "19\ttvmonitor" in card.text

@@ -45,6 +45,7 @@ def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, license
               "safetensors", f"backbone:{arch['backbone']}"],
         model_name=name if eval_results else None, eval_results=eval_results or None,
         metrics_source=source if metrics else None,  # where the model-index figures come from
+        label_names=list(config["label_names"]),  # exact names (YAML escapes them), output i scores label i
     )
     where = f"hf-hub:{repo_id}" if repo_id else "path/to/this/folder"
     sections = [
