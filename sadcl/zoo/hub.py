@@ -63,18 +63,21 @@ _ABANDON_GRACE_S = 0.5
 # ----------------------------------------------------------------------------- deadline
 def download_timeout(timeout: float | None = None) -> float:
     """The deadline of one download, in seconds: ``timeout``, else ``$SADCL_DOWNLOAD_TIMEOUT``, else 600."""
-    source, value = "timeout", timeout
-    if value is None:
-        text = os.environ.get(DOWNLOAD_TIMEOUT_ENV, "").strip()
-        if not text:
-            return DEFAULT_DOWNLOAD_TIMEOUT_S
-        source = DOWNLOAD_TIMEOUT_ENV
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
+    if timeout is not None:
+        return _positive_seconds(timeout, "timeout", timeout)
+    text = os.environ.get(DOWNLOAD_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_DOWNLOAD_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    return _positive_seconds(value, DOWNLOAD_TIMEOUT_ENV, text)
+
+
+def _positive_seconds(value: object, name: str, given: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{source} must be a positive number of seconds, got {value if source == 'timeout' else text!r}")
+        raise ValueError(f"{name} must be a positive number of seconds, got {given!r}")
     return float(value)
 
 
@@ -108,7 +111,7 @@ class _Budget:
             self.expired = True
             raise _DeadlineExceeded(self.seconds or 0.0)
 
-    def before_request(self, request: Any) -> None:
+    def before_request(self, request: httpx2.Request) -> None:
         self.check()
         key = (request.method, str(request.url))
         self.last_url = str(request.url)
@@ -124,7 +127,7 @@ class _Budget:
                 for name in ("connect", "read", "write", "pool")
             }
 
-    def after_response(self, response: Any) -> None:
+    def after_response(self, response: httpx2.Response) -> None:
         self._unanswered.discard((response.request.method, str(response.request.url)))
         if self.deadline is not None:
             response.stream = _DeadlineStream(response.stream, self)
@@ -252,26 +255,27 @@ def hub_download(
     from huggingface_hub import hf_hub_download
 
     seconds = download_timeout(timeout)
-    _install_hooks()
     budget = _Budget(seconds)
     outcome: dict[str, Any] = {}
 
-    def work() -> None:
-        _BUDGET.set(budget)  # a new thread starts with an empty context: this budget is its own
+    def work() -> None:  # in a thread of its own, so that the caller's wait is bounded whatever blocks
         try:
-            outcome["path"] = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                              library_name="sadcl", library_version=_sadcl_version())
+            with _budget_scope(budget):
+                outcome["path"] = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                                  library_name="sadcl", library_version=_sadcl_version())
         except BaseException as e:  # handed to the caller's thread
             outcome["error"] = e
 
     worker = threading.Thread(target=work, name=f"sadcl-download:{repo_id}/{filename}", daemon=True)
     worker.start()
+    abandoned = True
     try:
         worker.join(budget.remaining() + _ABANDON_GRACE_S)
+        abandoned = worker.is_alive()
     finally:
-        if worker.is_alive():  # past the deadline (or interrupted): the hooks stop its next request or chunk
+        if abandoned:  # past the deadline (or interrupted): the hooks stop its next request or chunk
             budget.expired = True
-    error = outcome.get("error") if not worker.is_alive() else _DeadlineExceeded(seconds)
+    error = _DeadlineExceeded(seconds) if abandoned else outcome.get("error")
     if error is None:
         return Path(outcome["path"])
     message = hub_error_message(error, what=what, repo_id=repo_id, filename=filename, revision=revision,
