@@ -242,7 +242,7 @@ def test_push_uploads_only_the_export_files_into_a_private_repo(hub_uploads, exp
     assert record["revision"] == commit.oid and record["sha256"] == hashlib.sha256(b"weights" * 40).hexdigest()
     out = capsys.readouterr().out
     listing = out[:out.index("Pushed")]
-    assert "(private repository)" in listing
+    assert "(private if the repository is new)" in listing
     for name in ("config.json", "README.md", f"model.safetensors ({len(b'weights' * 40)} bytes)"):
         assert name in listing
     assert ".env" not in out and "notes.txt" not in out
@@ -279,13 +279,13 @@ def _break(folder: Path, how: str) -> str:
     config = json.loads(config_path.read_text())
     if how == "no config":
         config_path.unlink()
-        return "is not a sadcl export (no config.json)"
+        return "is not a SADCL export: config.json is missing; push a folder written by `sadcl export MODEL DIR`"
     if how == "not json":
         config_path.write_text("{not json")
         return "config.json is not a readable JSON file"
     if how == "other format":
         config_path.write_text(json.dumps({"architectures": ["BertModel"]}))
-        return "is not a sadcl export"
+        return "is not a SADCL export config"
     if how == "lists .env":
         (folder / ".env").write_text("SECRET=1")
         config["sadcl"]["files"][".env"] = _file_entry(b"SECRET=1")

@@ -396,13 +396,6 @@ class PublishError(RuntimeError):
     """An export folder could not be pushed to the Hub (nothing, or nothing more, was uploaded)."""
 
 
-# What `sadcl export` may write besides config.json: nothing else is ever published, whatever config.json says.
-_EXPORT_FILES = ("model.safetensors", "README.md", "model.onnx")
-_CONFIG_NAME = "config.json"
-_EXPORT_FORMAT = "sadcl-export"
-_MAX_FORMAT_VERSION = 2
-
-
 def _file_record(entry: Any, where: str) -> dict[str, Any]:
     if not isinstance(entry, Mapping):
         raise PublishError(f"{where} must be an object with \"sha256\" and \"size\", got {entry!r:.80}")
@@ -423,60 +416,48 @@ def _export_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
 def export_manifest(config: Mapping[str, Any], folder: Path) -> dict[str, dict[str, Any] | None]:
     """The files an export's ``config.json`` says ``sadcl export`` wrote: ``{name: {"sha256", "size"} or None}``.
 
-    ``config.json`` itself is always listed (``None``: it is the manifest). format_version 2 lists its files
-    under ``config["sadcl"]["files"]``; format_version 1 implies ``model.safetensors`` (checked against
+    ``config`` is a ``config.json`` checked by :func:`sadcl.zoo.export.read_export_config`. ``config.json``
+    itself is always listed (``None``: it is the manifest). format_version 2 lists its files under
+    ``config["sadcl"]["files"]``; format_version 1 implies ``model.safetensors`` (checked against
     ``config["weights"]``), ``README.md`` (no recorded hash) and ``model.onnx`` when ``config["onnx"]`` is set.
     Only names ``sadcl export`` writes are accepted: a file is data, never a list of what to publish.
 
     Raises:
-        PublishError: ``config`` is not an export config, or lists something ``sadcl export`` never writes.
+        PublishError: ``config`` lists something ``sadcl export`` never writes, or a malformed record.
     """
-    where = folder / _CONFIG_NAME
+    from .export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME  # export imports this module
+    from .onnx_export import ONNX_NAME
+
+    where = folder / CONFIG_NAME
     section = _export_section(config)
-    if section.get("format") != _EXPORT_FORMAT:
-        raise PublishError(f"{folder} is not a sadcl export ({where} has no \"format\": \"{_EXPORT_FORMAT}\"); "
-                           "write one with `sadcl export MODEL DIR` and push that folder")
-    version = section.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise PublishError(f"{where}: \"format_version\" must be a positive integer, got {version!r:.80}")
-    if version > _MAX_FORMAT_VERSION:
-        raise PublishError(f"{where} was written by a newer sadcl (format_version {version}); upgrade sadcl")
-    manifest: dict[str, dict[str, Any] | None] = {_CONFIG_NAME: None}
-    if version == 1:
-        manifest["model.safetensors"] = _file_record(config.get("weights"), f"{where}: \"weights\"")
-        manifest["README.md"] = None
+    manifest: dict[str, dict[str, Any] | None] = {CONFIG_NAME: None}
+    if section.get("format_version") == 1:
+        manifest[WEIGHTS_NAME] = _file_record(config.get("weights"), f"{where}: \"weights\"")
+        manifest[CARD_NAME] = None
         if config.get("onnx") is not None:
-            manifest["model.onnx"] = _file_record(config["onnx"], f"{where}: \"onnx\"")
+            manifest[ONNX_NAME] = _file_record(config["onnx"], f"{where}: \"onnx\"")
         return manifest
     files = section.get("files")
-    if not isinstance(files, Mapping) or "model.safetensors" not in files:
-        raise PublishError(f"{where}: \"sadcl\".\"files\" must be an object listing at least model.safetensors")
+    if not isinstance(files, Mapping) or WEIGHTS_NAME not in files:
+        raise PublishError(f"{where}: \"sadcl\".\"files\" must be an object listing at least {WEIGHTS_NAME}")
+    allowed = (WEIGHTS_NAME, CARD_NAME, ONNX_NAME)  # nothing else is ever published, whatever config.json says
     for name, entry in files.items():
-        if name not in _EXPORT_FILES:
+        if name not in allowed:
             raise PublishError(f"{where} lists {name!r:.80}, which `sadcl export` never writes; refusing to publish "
-                               f"it (export files: {', '.join(_EXPORT_FILES)})")
+                               f"it (export files: {CONFIG_NAME}, {', '.join(allowed)})")
         manifest[name] = _file_record(entry, f"{where}: \"sadcl\".\"files\".{name}")
     return manifest
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / _CONFIG_NAME
+    from .export import CONFIG_NAME, ExportError, read_export_config
+
     if not folder.is_dir():
         raise PublishError(f"export folder not found: {folder}")
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise PublishError(f"{folder} is not a sadcl export (no {_CONFIG_NAME}); write one with "
-                           "`sadcl export MODEL DIR` and push that folder") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise PublishError(f"{path} is not a regular file; refusing to publish")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise PublishError(f"{path} is not a readable JSON file ({_first_line(e)}); run `sadcl export` again") from None
-    if not isinstance(config, dict):
-        raise PublishError(f"{path} is not a sadcl export config (a JSON object); run `sadcl export` again")
-    return config
+        return read_export_config(folder / CONFIG_NAME)
+    except ExportError as e:
+        raise PublishError(f"{e}; push a folder written by `sadcl export MODEL DIR`") from None
 
 
 def _publish_error_message(folder: Path, repo_id: str, endpoint: str, error: BaseException) -> str:
@@ -523,6 +504,8 @@ def push_to_hub(
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    from .export import CONFIG_NAME, WEIGHTS_NAME  # export imports this module
+
     folder = Path(export_dir).expanduser()
     config = _read_config(folder)
     manifest = export_manifest(config, folder)
@@ -540,15 +523,15 @@ def push_to_hub(
         if record is not None and (op.upload_info.size != record["size"]
                                    or op.upload_info.sha256.hex() != record["sha256"]):
             raise PublishError(f"{path} changed since `sadcl export` wrote it (its size or sha256 differs from "
-                               f"{_CONFIG_NAME}); run `sadcl export` again")
+                               f"{CONFIG_NAME}); run `sadcl export` again")
         operations.append(op)
-    weights = manifest["model.safetensors"]
+    weights = manifest[WEIGHTS_NAME]
     assert weights is not None  # export_manifest always records the weights
 
     api = HfApi(token=token)
     where = f"{api.endpoint}/{repo_id}"
     print(f"Publishing {len(operations)} files from {folder} to {where} "
-          f"({'public' if public else 'private'} repository):")
+          f"({'public' if public else 'private'} if the repository is new):")
     for op in operations:
         print(f"  {op.path_in_repo} ({op.upload_info.size} bytes)")
     message = commit_message or f"Upload SADCL export ({_export_section(config).get('variant') or 'sadcl'})"
@@ -566,7 +549,7 @@ def push_to_hub(
     except Exception as e:  # every Hub failure becomes one line; the original stays as __cause__
         raise PublishError(_publish_error_message(folder, repo_id, api.endpoint, e)) from e
 
-    record = dict(hf_hub_id=repo_id, filename="model.safetensors", revision=info.oid, sha256=weights["sha256"],
+    record = dict(hf_hub_id=repo_id, filename=WEIGHTS_NAME, revision=info.oid, sha256=weights["sha256"],
                   size=weights["size"])
     WeightsRecord(**record)  # validates: a pinned 40-hex commit, a sha256, a size
     name = _export_section(config).get("variant") or repo_id.split("/")[-1]
