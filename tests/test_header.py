@@ -188,3 +188,13 @@ def test_a_run_started_from_the_hub_evaluates_from_its_file(tmp_path, tiny, fake
     assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(val_csv),
                  "--num-workers", "0", "--output", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 5
+
+
+def test_one_list_of_constructor_keywords():
+    import inspect
+
+    from sadcl.model import CONSTRUCTOR_KEYS
+    from sadcl.zoo.header import CONFIG_KEYS
+
+    assert CONSTRUCTOR_KEYS == tuple(p for p in inspect.signature(sadcl.SADCL.__init__).parameters if p != "self")
+    assert set(CONFIG_KEYS) == set(CONSTRUCTOR_KEYS) - {"pretrained_backbone"}  # never taken from a file

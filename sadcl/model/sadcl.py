@@ -25,6 +25,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Parameters whose first dimension is the label set: the only ones a head change re-initialises.
 LABEL_SPECIFIC_KEYS = ("query_embed.weight", "fc.W", "fc.b", "prototypes")
+# The keywords of SADCL(...): what a model's config, a file's header and create_model's overrides may name.
+CONSTRUCTOR_KEYS = ("backbone", "num_classes", "label_names", "img_size", "hidden_dim", "ffn_dim", "num_heads",
+                    "num_encoder_layers", "num_decoder_layers", "dropout", "proj_dim", "pretrained_backbone",
+                    "freeze_bn", "freeze_stem", "fold_frozen_bn")
 
 
 class GroupWiseLinear(nn.Module):

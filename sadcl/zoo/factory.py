@@ -27,7 +27,7 @@ import torch
 from timm.models import generate_default_cfgs, register_model
 
 from ..data.preprocessing import Preprocessing, PreprocessingError
-from ..model import SADCL
+from ..model import CONSTRUCTOR_KEYS, SADCL
 from . import export as _export
 from .header import ARCHITECTURE_KEYS, WeightsHeader, canonical_json, parse_header
 from .loading import load_pretrained
@@ -53,9 +53,7 @@ __all__ = ["DEFAULT_MODEL", "HF_HUB_PREFIX", "LOCAL_DIR_PREFIX", "ModelSourceErr
 DEFAULT_MODEL = "sadcl_fashion_mosaic"  # the shipped model: what the commands use when no model is named
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
-_CONSTRUCTOR_KEYS = frozenset(("backbone", "num_classes", "label_names", "img_size", "hidden_dim", "ffn_dim",
-                               "num_heads", "num_encoder_layers", "num_decoder_layers", "dropout", "proj_dim",
-                               "pretrained_backbone", "freeze_bn", "freeze_stem", "fold_frozen_bn"))
+_CONSTRUCTOR_KEYS = frozenset(CONSTRUCTOR_KEYS)
 _TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args")
 _PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 

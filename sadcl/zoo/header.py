@@ -37,6 +37,7 @@ import torch
 
 from .._atomic import atomic_write
 from ..data.preprocessing import Preprocessing, PreprocessingError
+from ..model.sadcl import CONSTRUCTOR_KEYS
 
 HEADER_KEY = "sadcl"
 HEADER_FORMAT = "sadcl-weights"
@@ -51,7 +52,7 @@ _INT_LIMITS = {"num_classes": (1, 100_000), "img_size": (1, 8192), "hidden_dim":
                "ffn_dim": (1, 65_536), "num_heads": (1, 256), "num_encoder_layers": (0, 64),
                "num_decoder_layers": (1, 64), "proj_dim": (1, 16_384)}
 _BOOL_KEYS = ("freeze_bn", "freeze_stem", "fold_frozen_bn")
-CONFIG_KEYS = ("backbone", "label_names", "dropout", *_INT_LIMITS, *_BOOL_KEYS)
+CONFIG_KEYS = tuple(k for k in CONSTRUCTOR_KEYS if k != "pretrained_backbone")
 # Keys that decide the parameters' shapes and meaning (a checkpoint must match them); the others
 # (img_size, dropout, freezing) are how the network is used or trained.
 ARCHITECTURE_KEYS = ("backbone", "hidden_dim", "ffn_dim", "num_heads", "num_encoder_layers",
