@@ -140,8 +140,11 @@ def test_loading_is_strict(tmp_path):
     save_safetensors(missing, tmp_path / "missing.safetensors", checkpoint_metadata(model))
     with pytest.raises(RuntimeError, match="missing key.*transformer.decoder.norm.weight"):
         sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "missing.safetensors")
-    with pytest.raises(RuntimeError, match="shape mismatches"):
+    with pytest.raises(ValueError, match="records sadcl_tiny .*hidden_dim 64.*not the architecture"):
         sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "missing.safetensors", hidden_dim=32)
+    save_safetensors(state, tmp_path / "bare.safetensors", {"format": "pt"})  # no header: the shapes speak
+    with pytest.raises(RuntimeError, match="mis-shaped.*file .* vs model"):
+        sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "bare.safetensors", hidden_dim=32)
     (tmp_path / "m.pth").write_bytes(b"not a safetensors file")
     with pytest.raises(Exception, match="safetensors"):
         sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "m.pth")
