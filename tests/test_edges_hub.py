@@ -444,3 +444,22 @@ def test_hf_hub_export_offline_fails_fast_and_slow_hub_meets_the_deadline(fake_h
     message = _one_line(str(info.value))
     assert f"hf-hub:{REPO}" in message and f"the Hub at {endpoint} cannot be reached" in message
     assert "HF_HUB_OFFLINE=1" in message
+
+
+def test_cli_download_deadline_and_offline_are_one_line(fake_hub, hf_cache, monkeypatch, capsys, tmp_path) -> None:
+    fake_hub.add_file(REPO, "config.json", b'{"architecture": "sadcl_tiny"}', lfs=False)
+    fake_hub.stall_answers("trickle", interval=0.25)
+    monkeypatch.setenv("SADCL_DOWNLOAD_TIMEOUT", "0.6")
+    before = _snapshot(tmp_path)
+    assert main(["export", f"hf-hub:{REPO}", str(tmp_path / "out")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("sadcl export: error: cannot download") and "0.6 s download deadline" in line
+    assert "SADCL_DOWNLOAD_TIMEOUT=<seconds>" in line
+    endpoint = fake_hub.endpoint
+    fake_hub.stop()
+    assert main(["export", f"hf-hub:{REPO}", str(tmp_path / "out")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"the Hub at {endpoint} cannot be reached" in line and "HF_HUB_OFFLINE=1" in line
+    # Nothing outside the Hub cache changed, and the cache holds no file (only huggingface_hub's locks and refs).
+    assert {k: v for k, v in _snapshot(tmp_path).items() if not k.startswith("hf-cache/")} == before
+    assert not [f for f in _cache_files(hf_cache) if "/snapshots/" in f or "/blobs/" in f]
