@@ -44,10 +44,10 @@ def main(variant: str, threads: int) -> dict[str, Any]:
 
     timers: dict[str, float] = defaultdict(float)
     # download_checkpoint imports hf_hub_download from the package and calls verify_file by its global
-    # name; _build calls weights.read_safetensors and its own load_pretrained: patch those references.
+    # name; the factory calls its own read_safetensors and load_pretrained: patch those references.
     huggingface_hub.hf_hub_download = _timed(timers, "hub_cache_lookup_s", huggingface_hub.hf_hub_download)
     weights.verify_file = _timed(timers, "sha256_verify_s", weights.verify_file)
-    weights.read_safetensors = _timed(timers, "read_safetensors_s", weights.read_safetensors)
+    factory.read_safetensors = _timed(timers, "read_safetensors_s", factory.read_safetensors)
     factory.load_pretrained = _timed(timers, "load_state_dict_s", factory.load_pretrained)
     t0 = time.perf_counter()
     model = sadcl.create_model(variant, pretrained=True)
