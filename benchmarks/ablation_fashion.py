@@ -30,7 +30,7 @@ import torch
 import sadcl
 from sadcl.data.mosaic import MosaicDataset
 from sadcl.data.transforms import eval_transform
-from sadcl.train.loop import Trainer, TrainConfig, evaluate_model
+from sadcl.train import Trainer, TrainConfig, evaluate_model
 from sadcl.zoo.loading import load_pretrained
 from sadcl.zoo.weights import read_safetensors
 

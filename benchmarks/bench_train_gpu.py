@@ -37,7 +37,7 @@ import _common
 import sadcl
 from bench_memory_bank import CONFIGS, QUICK_CONFIGS, make_step
 from dense_reference import dense_prototype_contrastive, dense_sample_contrastive, loop_memory_update
-from sadcl.train.loop import _TrainForward
+from sadcl.train.step import TrainForward as _TrainForward
 from sadcl.train.losses import AsymmetricLoss, SADCLCriterion
 from sadcl.train.memory import MemoryBank
 

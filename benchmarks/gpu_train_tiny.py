@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 import sadcl
-from sadcl.train.loop import Trainer, TrainConfig
+from sadcl.train import Trainer, TrainConfig
 
 
 class RandomMultiLabel(Dataset):

@@ -21,7 +21,7 @@ import torch
 import sadcl
 from sadcl.data.mosaic import MosaicDataset
 from sadcl.data.transforms import eval_transform
-from sadcl.train.loop import evaluate_model
+from sadcl.train import evaluate_model
 from sadcl.zoo.weights import read_safetensors, save_safetensors
 
 REPO = Path(__file__).resolve().parents[1]

@@ -157,7 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # -- train / eval -----------------------------------------------------------------------------------------
-_DATA_FORMATS = ("csv", "coco", "voc", "folder")  # sadcl.train.loop.DATA_FORMATS (not imported: keeps startup light)
+_DATA_FORMATS = ("csv", "coco", "voc", "folder")  # sadcl.train.data.DATA_FORMATS (not imported: keeps startup light)
 
 
 def _data_args(p: argparse.ArgumentParser, default: Callable[[object], object], training: bool) -> None:
@@ -278,7 +278,9 @@ def _warn_one_line(message, category, filename, lineno, file=None, line=None) ->
 @command("train", "fine-tune SADCL (or the Query2Label baseline) on a multi-label dataset; torchrun for DDP",
          _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.loop import ConfigError, RunFinishedError, config_from_options, train
+    from .train.config import ConfigError, RunFinishedError
+    from .train.options import config_from_options
+    from .train.trainer import train
 
     options = {k: v for k, v in vars(args).items() if k != "command"}
     try:
@@ -315,7 +317,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 @command("eval", "the paper's metrics (mAP, CP/CR/CF1/OP/OR/OF1, top-3) of a model on a dataset", _eval_args)
 def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import format_table
-    from .train.loop import ConfigError, check_numbers, data_specs, evaluate_checkpoint
+    from .train.config import ConfigError, check_numbers
+    from .train.evaluation import evaluate_checkpoint
+    from .train.options import data_specs
 
     try:  # before any model is loaded
         check_numbers({"batch_size": args.batch_size, "num_workers": args.num_workers,

@@ -36,7 +36,8 @@ from fakedata import write_banded_fashion
 from sadcl.data import MosaicDataset, eval_transform
 from sadcl.train.checkpoint import load_training_checkpoint
 from sadcl.train.distributed import ShardedBatchSampler, ShardSampler, gather_strided
-from sadcl.train.loop import TrainConfig, Trainer, train
+from sadcl.train.config import TrainConfig
+from sadcl.train.trainer import Trainer, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::sadcl.metrics.NoPositiveClassWarning")
 WEIGHT_ATOL = 1e-4  # model and EMA weights (measured ≤ 1.5e-5)

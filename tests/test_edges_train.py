@@ -20,9 +20,11 @@ from sadcl import _atomic, create_model
 from sadcl.cli import main
 from sadcl.data.datasets import CSVDataset, MultiLabelDataset, unwrap_worker_errors
 from sadcl.data.images import ImageLoadError
-from sadcl.train import loop as loop_mod
+from sadcl.train import evaluation as evaluation_mod
 from sadcl.train.checkpoint import export_weights, load_training_checkpoint
-from sadcl.train.loop import ConfigError, TrainConfig, evaluate_model, train
+from sadcl.train.config import ConfigError, TrainConfig
+from sadcl.train.evaluation import evaluate_model
+from sadcl.train.trainer import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::sadcl.metrics.NoPositiveClassWarning")
 TINY = ["--model", "sadcl_tiny", "--model-arg", "hidden_dim=32", "--model-arg", "ffn_dim=32",
@@ -140,9 +142,9 @@ def test_resume_of_an_early_stopped_run(data, tmp_path, capsys, monkeypatch):
 
     def scripted(scores, targets, **kwargs):
         value = next(script)
-        return {key: value for key in loop_mod.LOGGED_METRICS} | {"num_images": len(scores)}
+        return {key: value for key in evaluation_mod.LOGGED_METRICS} | {"num_images": len(scores)}
 
-    monkeypatch.setattr(loop_mod, "compute_metrics", scripted)
+    monkeypatch.setattr(evaluation_mod, "compute_metrics", scripted)
     val = write_csv(tmp_path, 3, "val", seed=1)
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), "--val-data", str(val), *TINY, "--epochs", "4", "--patience", "0",

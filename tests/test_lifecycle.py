@@ -27,7 +27,8 @@ from sadcl.cli import main
 from sadcl.data.images import load_image
 from sadcl.data.mosaic import FASHION_LABELS, write_mosaics
 from sadcl.metrics import evaluate as compute_metrics
-from sadcl.train.loop import Trainer, config_from_options
+from sadcl.train.options import config_from_options
+from sadcl.train.trainer import Trainer
 from sadcl.zoo.factory import ModelSourceError
 from sadcl.zoo.loading import HeadChangeWarning
 

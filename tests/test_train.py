@@ -1,4 +1,4 @@
-"""The fine-tuning loop (sadcl.train.loop): objectives, checkpoints, exact resume, NaN stop, early stopping,
+"""The fine-tuning loop (sadcl.train): objectives, checkpoints, exact resume, NaN stop, early stopping,
 fine-tuning onto a new label set, and `sadcl train` / `sadcl eval` end to end. Tiny model, CPU, seconds."""
 from __future__ import annotations
 
@@ -15,21 +15,15 @@ from fakedata import write_banded_fashion
 from sadcl.cli import main
 from sadcl.data import MosaicDataset, eval_transform, train_transform
 from sadcl.train import checkpoint as ckpt_mod
-from sadcl.train import loop as loop_mod
+from sadcl.train import evaluation as evaluation_mod
 from sadcl.train.checkpoint import atomic_torch_save, load_training_checkpoint
 from sadcl.train.ema import ModelEma
-from sadcl.train.loop import (
-    DataSpec,
-    EarlyStopping,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    _label_order,
-    config_from_options,
-    data_specs,
-    load_model,
-    train,
-)
+from sadcl.train.config import TrainConfig
+from sadcl.train.data import DataSpec, label_order
+from sadcl.train.early_stopping import EarlyStopping
+from sadcl.train.models import load_model
+from sadcl.train.options import config_from_options, data_specs
+from sadcl.train.trainer import NonFiniteLossError, Trainer, train
 from sadcl.train.losses import PrototypeContrastiveLoss
 from sadcl.zoo.loading import HeadChangeWarning
 from sadcl.zoo.weights import read_safetensors
@@ -287,9 +281,9 @@ def test_trainer_stops_early_and_exports_the_best(fashion_root, tmp_path, monkey
     def scripted_metrics(scores, targets, **kwargs):
         assert scores.shape == (7, 10) and targets.shape == (7, 10)
         value = next(script)
-        return {key: value for key in loop_mod.LOGGED_METRICS} | {"num_images": len(scores)}
+        return {key: value for key in evaluation_mod.LOGGED_METRICS} | {"num_images": len(scores)}
 
-    monkeypatch.setattr(loop_mod, "compute_metrics", scripted_metrics)
+    monkeypatch.setattr(evaluation_mod, "compute_metrics", scripted_metrics)
     train_ds, val_ds = datasets(fashion_root)
     summary = train(config(tmp_path, epochs=8, patience=2), train_dataset=train_ds, val_dataset=val_ds)
     assert summary["stopped_early"] and summary["epochs_completed"] == 6
@@ -395,7 +389,7 @@ def test_options_to_config_and_clear_errors(tmp_path):
 
 
 def test_label_order_between_data_and_model():
-    assert _label_order(["a", "b"], ["a", "b"], "data") is None
-    assert _label_order(["b", "c", "a"], ["a", "b", "c"], "data") == [1, 2, 0]  # dataset column i ← model output
+    assert label_order(["a", "b"], ["a", "b"], "data") is None
+    assert label_order(["b", "c", "a"], ["a", "b", "c"], "data") == [1, 2, 0]  # dataset column i ← model output
     with pytest.raises(ValueError, match=r"model lacks: \['zebra'\]; model labels absent from the data: \['b'\]"):
-        _label_order(["a", "zebra"], ["a", "b"], "val.csv")
+        label_order(["a", "zebra"], ["a", "b"], "val.csv")

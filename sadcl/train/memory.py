@@ -5,19 +5,21 @@
   contrastive loss (SSCL). It is training state: save it with the training checkpoint (its ``state_dict``),
   never with published model weights.
 * :func:`compute_prototypes` / :func:`init_prototypes_` build the class prototypes of the
-  prototype-to-sample loss (PSCL) as the mean decoder embedding of confidently predicted positives.
+  prototype-to-sample loss (PSCL) as the mean decoder embedding of confidently predicted positives;
+  :func:`init_prototypes_sharded_` does it over the shards of all data-parallel processes.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .distributed import all_reduce
 from .losses import as_class_matrix
 
-__all__ = ["MemoryBank", "compute_prototypes", "init_prototypes_"]
+__all__ = ["MemoryBank", "compute_prototypes", "init_prototypes_", "init_prototypes_sharded_"]
 
 
 class MemoryBank(nn.Module):
@@ -184,3 +186,41 @@ def init_prototypes_(model: nn.Module, loader: Iterable[Any], **kwargs: Any) -> 
     with torch.no_grad():
         model.prototypes.copy_(protos.reshape(model.prototypes.shape).to(model.prototypes))
     return counts
+
+
+class _CountPositives:
+    """Wraps a loader, counting positive labels per class (what a shard contributes to prototype means)."""
+
+    def __init__(self, loader: Iterable[Any], num_classes: int, max_batches: int | None) -> None:
+        self.loader, self.max_batches = loader, max_batches
+        self.counts = torch.zeros(num_classes, dtype=torch.float64)
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, (x, y) in enumerate(self.loader):
+            if self.max_batches is not None and i >= self.max_batches:
+                return
+            self.counts += (y > 0.5).sum(0).to(torch.float64)
+            yield x, y
+
+
+def init_prototypes_sharded_(model: nn.Module, loader: Iterable[Any], *, max_batches: int | None = None,
+                             threshold: float = 0.85, device: torch.device | str | None = None) -> Tensor:
+    """:func:`init_prototypes_` over the shards of all processes (``loader`` yields this process's shard):
+    every process ends with the same global prototypes; returns the global counts of confident positives."""
+    # Each process averages its shard; the shard means are combined weighted by their counts,
+    # which gives the global means (confident positives, else all positives, else unchanged).
+    counting = _CountPositives(loader, model.num_classes, max_batches)
+    protos, n_conf = compute_prototypes(model, counting, threshold=threshold, device=device)
+    p64, n_conf = protos.to(torch.float64), n_conf.to(torch.float64)
+    n_all = counting.counts.to(device)
+    sums = torch.stack([p64 * n_conf[:, None], p64 * n_all[:, None]])
+    counts2 = torch.stack([n_conf, n_all])
+    all_reduce(sums)
+    all_reduce(counts2)
+    current = model.prototypes.detach().to(torch.float64)
+    merged = torch.where((counts2[0] > 0)[:, None], sums[0] / counts2[0].clamp(min=1)[:, None],
+                         torch.where((counts2[1] > 0)[:, None], sums[1] / counts2[1].clamp(min=1)[:, None],
+                                     current))
+    with torch.no_grad():
+        model.prototypes.copy_(merged.to(model.prototypes.dtype))
+    return counts2[0].long()
