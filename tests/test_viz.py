@@ -9,6 +9,7 @@ from PIL import Image
 
 import sadcl
 from sadcl import viz
+from sadcl.viz import measure
 from sadcl.cli import main
 from sadcl.data.mosaic import FASHION_LABELS, ITEM, load_fashion_mnist
 from sadcl.inference import attention_maps, preprocess
@@ -157,7 +158,7 @@ def test_attention_on_cell_maps_positions_to_the_right_cell(monkeypatch):
 
 
 def test_single_item_mosaics_hold_one_item():
-    images, classes, cells = viz._single_item_mosaics(20, seed=1, split="test", root=None)
+    images, classes, cells = measure._single_item_mosaics(20, seed=1, split="test", root=None)
     src, src_labels = load_fashion_mnist("test")
     for img, cls, cell in zip(images, classes, cells):
         r, c = divmod(int(cell), 2)
