@@ -258,6 +258,7 @@ _FLAGS = {"output_dir": "--output", "model_args": "--model-arg", "channels_last"
 
 
 def cli_flag(key: str) -> str:
+    """The ``sadcl train`` flag of a :class:`TrainConfig` setting (``output_dir`` → ``--output``)."""
     return _FLAGS.get(key, "--" + key.replace("_", "-"))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 __all__ = ["EarlyStopping"]
 
+
 @dataclass
 class EarlyStopping:
     """Best-model bookkeeping and the authors' early-stopping rule (REFERENCE d.1).

@@ -64,12 +64,14 @@ def dataset_scores(
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool, info: DistInfo) -> DataLoader:
+    """A loader over this process's shard of ``dataset`` (in order, no padding)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), info.rank, info.world_size),
                       num_workers=num_workers, pin_memory=pin)
 
 
 def score_metrics(scores: Tensor, targets: Tensor, order: list[int] | None, label_names: Sequence[str],
-             threshold: float, quiet: bool) -> dict[str, Any]:
+                  threshold: float, quiet: bool) -> dict[str, Any]:
+    """The paper's metrics of ``scores`` (model output order, reordered to the data's by ``order``)."""
     if order is not None:
         scores = scores[:, order]
     with warnings.catch_warnings():

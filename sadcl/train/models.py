@@ -1,19 +1,16 @@
 """The starting model of a run: a variant, a weights file, or the default, through the one factory."""
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..model import SADCL
+from ..model import CONSTRUCTOR_KEYS, SADCL
 from ..zoo import create_model
 from ..zoo.factory import model_from_args, model_from_header
 from .config import DEFAULT_TRAIN_MODEL, TrainConfig
 
-__all__ = ["CONSTRUCTOR_KEYS", "load_model", "run_model"]
-
-CONSTRUCTOR_KEYS = tuple(p for p in inspect.signature(SADCL.__init__).parameters if p != "self")
+__all__ = ["load_model", "run_model"]
 
 
 def load_model(

@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..model import CONSTRUCTOR_KEYS
 from .config import TrainConfig, cli_flag
 from .data import DataSpec
-from .models import CONSTRUCTOR_KEYS
 
 __all__ = ["DATA_OPTIONS", "config_from_options", "data_specs", "parse_model_args"]
 

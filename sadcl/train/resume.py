@@ -20,7 +20,6 @@ def resume_folder(cfg: TrainConfig) -> Path | None:
     return resume if resume.is_dir() else resume.parent
 
 
-
 def finished_reason(ckpt: Mapping[str, Any], cfg: TrainConfig) -> str | None:
     """Why the run of ``ckpt`` has nothing left to train under ``cfg`` (None when it has): every epoch is
     done, or the early-stopping rule (with ``cfg.patience``, which a resume may raise) already fired."""

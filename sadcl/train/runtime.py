@@ -14,17 +14,19 @@ __all__ = ["amp_dtype", "autocast", "device_type", "resolve_device", "seed_every
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-
 def device_type(device: str | torch.device | None) -> str:
+    """The device type a run will use (``cuda`` when available and none is given)."""
     if device is not None:
         return torch.device(device).type
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_device(device: str | torch.device | None, info: DistInfo) -> torch.device:
+    """The device of this process: a bare ``cuda`` becomes the process's own GPU (its local rank)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -45,6 +47,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -403,7 +403,7 @@ class Trainer:
             scores, targets = gather_strided(scores, n), gather_strided(targets, n)
             # Dataset warnings (e.g. classes without positives) once per run, from rank 0.
             results[tag] = score_metrics(scores, targets, self.val_order, names, self.config.threshold,
-                                    quiet=not self.is_main or self._metrics_warned)
+                                         quiet=not self.is_main or self._metrics_warned)
             self._metrics_warned = True
         return results
 

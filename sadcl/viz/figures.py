@@ -188,7 +188,6 @@ def explain(
     return overlay_attention(image, maps[index], names, scores[index].tolist(), **overlay_kwargs)
 
 
-
 def _colours(mpl: Any, k: int) -> list:
     name = "tab10" if k <= 10 else "tab20" if k <= 20 else "turbo"
     cmap = mpl.colormaps[name]
