@@ -198,3 +198,21 @@ def test_one_list_of_constructor_keywords():
 
     assert CONSTRUCTOR_KEYS == tuple(p for p in inspect.signature(sadcl.SADCL.__init__).parameters if p != "self")
     assert set(CONFIG_KEYS) == set(CONSTRUCTOR_KEYS) - {"pretrained_backbone"}  # never taken from a file
+
+
+def test_special_files_and_pickles_are_refused_as_model_sources(tmp_path, tiny):
+    import os
+
+    from sadcl.zoo.export import export_model
+
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    with pytest.raises(CheckpointFileError, match="pipe.safetensors: it is a FIFO"):
+        sadcl.create_model(tmp_path / "pipe.safetensors")  # refused before it is opened: never blocks
+    export_model(tiny, tmp_path / "export")
+    (tmp_path / "export" / "config.json").unlink()
+    os.mkfifo(tmp_path / "export" / "config.json")
+    with pytest.raises(CheckpointFileError, match="config.json: it is a FIFO"):
+        sadcl.create_model(tmp_path / "export")
+    (tmp_path / "last.pt").write_bytes(b"PK\x03\x04")
+    with pytest.raises(CheckpointFileError, match="last.pt is a PyTorch pickle file.*sadcl convert.*--resume"):
+        sadcl.create_model(tmp_path / "last.pt")

@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import __version__
 from .._atomic import atomic_write_text
+from .._files import open_regular
 from ..data.preprocessing import Preprocessing, PreprocessingError
 from ..model import SADCL
 from .card import model_card
@@ -182,10 +183,13 @@ class Export:
 
 def read_export_config(path: Path) -> dict[str, Any]:
     """The raw ``config.json`` of an export (format version 1 or 2), checked to be one."""
+    if not path.exists() and not path.is_symlink():
+        raise ExportError(f"{path.parent} is not a SADCL export: {path.name} is missing")
     try:
-        if path.stat().st_size > _MAX_CONFIG_BYTES:
-            raise ExportError(f"{path} is {path.stat().st_size} bytes: too large for an export's config.json")
-        config = json.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path, "export config", ExportError) as f:  # a FIFO named config.json never blocks
+            if os.fstat(f.fileno()).st_size > _MAX_CONFIG_BYTES:
+                raise ExportError(f"{path} is too large for an export's config.json")
+            config = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise ExportError(f"{path.parent} is not a SADCL export: {path.name} is missing") from None
     except (OSError, ValueError) as e:

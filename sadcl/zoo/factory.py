@@ -257,7 +257,16 @@ def _check_agrees(name: str, config: Mapping[str, Any], header: WeightsHeader, p
         )
 
 
+_PICKLE_SUFFIXES = (".pt", ".pth", ".tar", ".pkl", ".bin", ".ckpt")
+
+
 def _from_file(path: Path) -> _Source:
+    if path.suffix in _PICKLE_SUFFIXES:  # a clearer word than "not a valid safetensors file"
+        raise CheckpointFileError(
+            f"{path} is a PyTorch pickle file; sadcl loads models only from .safetensors files (never unpickling "
+            "them): convert an authors'/Query2Label checkpoint with `sadcl convert`; a run's last.pt continues "
+            "with `sadcl train --resume`, and its weights are in best.safetensors beside it."
+        )
     header = _read_header(path)
     if header is None:
         raise CheckpointFileError(

@@ -14,13 +14,14 @@ Checkpoints are always safetensors: nothing here unpickles.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -435,19 +436,15 @@ def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
-def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors checkpoint onto the CPU: (state dict, header metadata). Never unpickles.
-
-    Every problem with the file (missing, not a regular file, truncated, malformed header) is one
-    :class:`CheckpointFileError` naming it; nothing is allocated beyond the tensors the file holds.
-    """
+@contextlib.contextmanager
+def _safe_open(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """``safetensors.safe_open`` of a checked regular file; every problem is one :class:`CheckpointFileError`."""
     from safetensors import SafetensorError, safe_open
 
     check_safetensors_file(path)
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            state_dict = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+            yield f
     except FileNotFoundError:  # removed since the check
         raise CheckpointFileError(f"checkpoint file not found: {path}") from None
     except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:  # TypeError: a dtype torch lacks
@@ -456,23 +453,24 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
             f"{path} is not a valid safetensors file ({reason}); it may be truncated or of another format. "
             "Download or export it again."
         ) from e
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors checkpoint onto the CPU: (state dict, header metadata). Never unpickles.
+
+    Every problem with the file (missing, not a regular file, truncated, malformed header) is one
+    :class:`CheckpointFileError` naming it; nothing is allocated beyond the tensors the file holds.
+    """
+    with _safe_open(path) as f:
+        metadata = dict(f.metadata() or {})
+        state_dict = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     return state_dict, metadata
 
 
 def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file; only its header is read (no tensor)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except FileNotFoundError:
-        raise CheckpointFileError(f"checkpoint file not found: {path}") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointFileError(
-            f"{path} is not a valid safetensors file ({e}); it may be truncated or of another format. "
-            "Download or export it again."
-        ) from e
+    with _safe_open(path) as f:
+        return dict(f.metadata() or {})
 
 
 def save_safetensors(
