@@ -149,7 +149,7 @@ def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) ->
             f.seek(0)
         elif not head or head[0] != _PICKLE_PROTO:
             raise CheckpointFileError(
-                f"{path} is not a PyTorch checkpoint: it is neither a torch.save zip archive nor a pickle "
+                f"{path} is not a readable PyTorch checkpoint: it is neither a torch.save zip archive nor a pickle "
                 f"({_looks_like(head, size)}). sadcl reads files written by torch.save, or .safetensors files."
             )
         elif size > limit:  # a legacy pickle stores its tensors uncompressed, after the pickle
@@ -246,8 +246,10 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _unwrap(checkpoint: Mapping[str, Any], source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _unwrap(checkpoint: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict inside a training checkpoint, and the other top-level entries (as plain values)."""
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{source}: a checkpoint must be a mapping, found {type(checkpoint).__name__}")
     extras: dict[str, Any] = {}
     state = checkpoint
     for name in _TOP_LEVEL_STATE:
@@ -258,8 +260,8 @@ def _unwrap(checkpoint: Mapping[str, Any], source: str) -> tuple[dict[str, torch
     not_tensors = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ValueError(
-            f"{source}: found no state dict: the entries {not_tensors[:5]} are not tensors under string names and none of "
-            f"{list(_TOP_LEVEL_STATE)} is a mapping of tensors (top-level keys: {list(checkpoint)[:10]})"
+            f"{source}: found no state dict: the entries {not_tensors[:5]} are not tensors under string names and "
+            f"none of {list(_TOP_LEVEL_STATE)} is a mapping of tensors (top-level keys: {list(checkpoint)[:10]})"
         )
     return dict(state), extras
 
@@ -318,7 +320,8 @@ def load_official_checkpoint(model: SADCL, checkpoint: Checkpoint, *, strict: bo
         A :class:`ConversionReport`. A Query2Label checkpoint leaves the projection head and the prototypes
         at their initialisation; the report lists them and an :class:`OfficialCheckpointWarning` says so.
     """
-    return _load_into(model, *_read(checkpoint), strict=strict)
+    raw, source = _read(checkpoint)
+    return _load_into(model, *_unwrap(raw, source), source, strict=strict)
 
 
 def _read(checkpoint: Checkpoint) -> tuple[Any, str]:
@@ -328,11 +331,9 @@ def _read(checkpoint: Checkpoint) -> tuple[Any, str]:
     return checkpoint, "<mapping>"
 
 
-def _load_into(model: SADCL, raw: Any, source: str, *, strict: bool) -> ConversionReport:
-    """:func:`load_official_checkpoint` of an already-read checkpoint; ``source`` names it in messages."""
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{source}: a checkpoint must be a mapping, found {type(raw).__name__}")
-    state_dict, extras = _unwrap(raw, source)
+def _load_into(model: SADCL, state_dict: dict[str, torch.Tensor], extras: dict[str, Any], source: str, *,
+               strict: bool) -> ConversionReport:
+    """:func:`load_official_checkpoint` of an unwrapped checkpoint; ``source`` names it in messages."""
     report = ConversionReport(source=source, extras=extras, dropped=_dropped_keys(state_dict))
     pe = next((v for k, v in state_dict.items() if _MODULE_PREFIX.sub("", k) == "backbone.1.pe"), None)
     if pe is not None and pe.dim() == 4:
@@ -414,8 +415,9 @@ def convert_checkpoint(
     # Read (and refuse) the file before building the model: a bad file fails in milliseconds, not after a
     # ResNet-101 has been built.
     raw, source = _read(checkpoint)
+    state_dict, extras = _unwrap(raw, source)
     model = create_model(variant, **model_kwargs)
-    report = _load_into(model, raw, source, strict=strict)
+    report = _load_into(model, state_dict, extras, source, strict=strict)
     if isinstance(checkpoint, (str, os.PathLike)):  # the header says what the weights descend from
         model.pretrained_cfg["source"] = f"converted from {os.path.basename(os.fspath(checkpoint))}"
     digest = save_safetensors(export_state_dict(model), out_path, checkpoint_metadata(model))
