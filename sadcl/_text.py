@@ -11,7 +11,7 @@ import unicodedata
 
 __all__ = ["printable", "one_line", "with_details", "details_of", "MAX_LINE"]
 
-MAX_LINE = 400  # characters of an error message shown without --verbose
+MAX_LINE = 500  # characters of an error message shown without --verbose
 
 # Categories never shown as themselves: controls (C0, DEL, C1), format characters (bidi overrides and
 # isolates, zero-width characters, BOM), line/paragraph separators and lone surrogates (undecodable bytes of
