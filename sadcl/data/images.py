@@ -87,6 +87,14 @@ def _upright(img: Image.Image, name: str) -> Image.Image:
         return img
 
 
+def _too_many_pixels(path: Path) -> ImageLoadError:
+    return ImageLoadError(
+        f"cannot load image {path}: it declares more pixels than PIL.Image.MAX_IMAGE_PIXELS "
+        f"({Image.MAX_IMAGE_PIXELS}), possibly a decompression bomb, so it was not decoded; "
+        "if you trust the file, raise that limit"
+    )
+
+
 def load_image(image: PathOrImage) -> Image.Image:
     """Load an image file (or take a Pillow image) and return it upright, in 8-bit RGB.
 
@@ -111,6 +119,9 @@ def load_image(image: PathOrImage) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # Opened by us, non-blocking and checked again: nothing but a regular file reaches Pillow.
             with open_regular(path, "image", ImageLoadError) as fp, Image.open(fp) as opened:
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and opened.width * opened.height > limit:  # also when another thread reset the filter
+                    raise _too_many_pixels(path)
                 opened.load()  # decode now: truncation and corruption surface here, not later in a worker
                 img = _upright(opened, str(path))
                 rgb = to_rgb(img, str(path))
@@ -119,11 +130,7 @@ def load_image(image: PathOrImage) -> Image.Image:
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageLoadError(
-            f"cannot load image {path}: it declares more pixels than PIL.Image.MAX_IMAGE_PIXELS "
-            f"({Image.MAX_IMAGE_PIXELS}), possibly a decompression bomb, so it was not decoded; "
-            "if you trust the file, raise that limit"
-        ) from None
+        raise _too_many_pixels(path) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
         reason = "not a recognised image file" if isinstance(exc, Image.UnidentifiedImageError) else str(exc)
         raise ImageLoadError(f"cannot load image {path}: {reason or type(exc).__name__}") from exc
