@@ -321,6 +321,23 @@ def test_checkpoint_size_limit_keyword_and_environment(tmp_path: Path, monkeypat
     assert tree(tmp_path) == before
 
 
+def test_legacy_pickle_declaring_a_huge_storage_is_refused_without_using_it(tmp_path: Path) -> None:
+    """A legacy (non-zip) torch.save file whose pickle declares a 12 GB storage in a few hundred bytes: torch
+    reserves the storage untouched and then fails reading it; one CheckpointFileError, no memory used."""
+    import resource
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(77)}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    assert data.count(b"K\x4dN") == 1  # numel 77 (BININT1), then view_metadata None, in the storage record
+    path = tmp_path / "legacy_bomb.pth"
+    path.write_bytes(data.replace(b"K\x4dN", b"\x8a\x08" + struct.pack("<q", 3_000_000_000) + b"N"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(CheckpointFileError, match=re.escape(f"{path} is not a readable PyTorch checkpoint")):
+        read_checkpoint(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 1 << 20  # < 1 GiB more at peak
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_special_file_named_as_checkpoint_is_refused(make_special, tmp_path: Path,
