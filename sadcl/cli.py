@@ -357,6 +357,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     for name, kind in _ARCH_OVERRIDES:
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"override the variant's {name}")
     p.add_argument("--non-strict", action="store_true", help="load what matches and report the rest")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
 
 
 @command("convert", "convert an authors'/Query2Label checkpoint to a sadcl .safetensors file", _convert_args)
@@ -367,7 +368,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if os.path.exists(args.output) and os.path.exists(args.checkpoint) and os.path.samefile(args.output,
                                                                                              args.checkpoint):
         raise ValueError(f"the output {args.output} is the checkpoint being converted; name another file")
-    result = convert_checkpoint(args.checkpoint, args.output, args.variant, strict=not args.non_strict, **overrides)
+    result = convert_checkpoint(args.checkpoint, args.output, args.variant, strict=not args.non_strict,
+                                overwrite=args.overwrite, **overrides)
     print(result["report"])
     print(f"wrote {result['path']}\nsha256 {result['sha256']}\nsize {result['size']}")
     return 0

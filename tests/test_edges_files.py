@@ -365,6 +365,24 @@ def test_missing_checkpoint_and_output_onto_input(tmp_path: Path, capsys: pytest
     assert tree(tmp_path) == before
 
 
+def test_convert_refuses_an_existing_output_without_overwrite(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import sadcl
+
+    torch.manual_seed(0)
+    source = tmp_path / "model.pth"
+    torch.save({"state_dict": sadcl.create_model("sadcl_tiny").state_dict()}, source)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"the user's own file")
+    args = ["convert", str(source), str(out), "--variant", "sadcl_tiny"]
+    before = tree(tmp_path)
+    assert main(args) == 2
+    one_error_line(capsys, "convert", f"{out} already exists; pass --overwrite to replace it")
+    assert tree(tmp_path) == before
+    assert main([*args, "--overwrite"]) == 0
+    assert "sadcl checkpoint" in capsys.readouterr().out and len(read_safetensors(out)[0]) > 0
+
+
 def test_hostile_key_names_are_escaped_in_the_report(tmp_path: Path) -> None:
     from sadcl.zoo.convert import ConversionReport
 

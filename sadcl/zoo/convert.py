@@ -398,12 +398,14 @@ def convert_checkpoint(
     variant: str = "sadcl_coco_448",
     *,
     strict: bool = True,
+    overwrite: bool = False,
     **model_kwargs: Any,
 ) -> dict[str, Any]:
     """Convert an authors'/Query2Label checkpoint into our safetensors file (weights + config header).
 
     ``variant`` and ``model_kwargs`` (any :func:`sadcl.create_model` override: ``backbone``, ``hidden_dim``,
-    ``num_classes`` …) describe the architecture the checkpoint was trained with.
+    ``num_classes`` …) describe the architecture the checkpoint was trained with. An existing ``out_path``
+    is replaced only with ``overwrite=True`` (checked after the checkpoint was read, before anything is written).
 
     Returns:
         ``{"path", "sha256", "size", "report"}``: what to put in ``weights.json`` and the conversion report.
@@ -418,6 +420,8 @@ def convert_checkpoint(
     state_dict, extras = _unwrap(raw, source)
     model = create_model(variant, **model_kwargs)
     report = _load_into(model, state_dict, extras, source, strict=strict)
+    if not overwrite and os.path.lexists(out_path):
+        raise FileExistsError(f"{out_path} already exists; pass overwrite=True to replace it, or name another file")
     if isinstance(checkpoint, (str, os.PathLike)):  # the header says what the weights descend from
         model.pretrained_cfg["source"] = f"converted from {os.path.basename(os.fspath(checkpoint))}"
     digest = save_safetensors(export_state_dict(model), out_path, checkpoint_metadata(model))
