@@ -63,13 +63,17 @@ def open_regular(path: str | os.PathLike[str], what: str, error: Callable[[str],
     check cannot block either.
     """
     path = regular_file(path, what, error)
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs in the file system
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
     except OSError as e:
         raise error(f"cannot open {what} {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{what} {path}: it is not a regular file")
+        if nonblocking:
+            os.set_blocking(fd, True)  # a regular file never blocks; readers get ordinary semantics back
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
-        raise error(f"{what} {path}: it is not a regular file")
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)  # a regular file never blocks; keep ordinary semantics for readers
-    return os.fdopen(fd, "rb")
+        raise

@@ -159,6 +159,16 @@ def test_regular_file_refuses_special_files_without_opening_them(make_special, t
         assert f.read() == b"abc"
 
 
+def test_open_regular_rechecks_after_a_non_blocking_open(make_special, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FIFO swapped in between the stat and the open: the open does not block and the opened file is refused."""
+    import sadcl._files as files
+
+    fifo = make_special("FIFO", "swapped.png")
+    monkeypatch.setattr(files, "regular_file", lambda path, what, error: Path(path))  # the stat saw a regular file
+    with pytest.raises(ImageLoadError, match=re.escape(f"image {fifo}: it is not a regular file")):
+        files.open_regular(fifo, "image", ImageLoadError)
+
+
 # ----------------------------------------------------------------------------- images
 @pytest.mark.parametrize("kind", KINDS)
 def test_special_file_named_as_image_is_refused(make_special, kind: str) -> None:
