@@ -1,4 +1,7 @@
 """Export folders (weights, config.json, model card), loading them back, and publishing through the Hub API."""
+
+from __future__ import annotations
+
 import json
 import warnings
 
@@ -36,8 +39,9 @@ def model() -> sadcl.SADCL:
 @pytest.fixture
 def export_dir(tmp_path, model):
     out = tmp_path / "export"
-    export_model(model, out, metrics=METRICS, recipe={"epochs": 3, "optimizer": "AdamW 5e-5"}, repo_id=REPO,
-                 license="apache-2.0")
+    export_model(
+        model, out, metrics=METRICS, recipe={"epochs": 3, "optimizer": "AdamW 5e-5"}, repo_id=REPO, license="apache-2.0"
+    )
     return out
 
 
@@ -52,8 +56,11 @@ def test_export_writes_weights_config_and_card(export_dir, model):
     config = json.loads((export_dir / "config.json").read_text())
     info = config["sadcl"]
     weights = export_dir / "model.safetensors"
-    assert info["weights"] == {"filename": "model.safetensors", "sha256": sha256_file(weights),
-                               "size": weights.stat().st_size}
+    assert info["weights"] == {
+        "filename": "model.safetensors",
+        "sha256": sha256_file(weights),
+        "size": weights.stat().st_size,
+    }
     assert info["files"]["README.md"]["sha256"] == sha256_file(export_dir / "README.md")
     # timm's layout: architecture (a registered entry point), model_args, pretrained_cfg with timm's keys
     assert config["architecture"] == "sadcl_tiny" and config["model_args"] == model.config
@@ -61,8 +68,13 @@ def test_export_writes_weights_config_and_card(export_dir, model):
     assert config["label_names"][0] == "aeroplane" and config["num_classes"] == 20
     pre = config["pretrained_cfg"]
     assert {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")} == {
-        "input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash"}
+        "input_size": [3, 64, 64],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    }
     assert pre["license"] == "apache-2.0"
     assert info["metrics"] == METRICS and info["metrics_source"] == "measured on these weights"
     header = parse_header(read_safetensors(weights)[1], str(weights))
@@ -100,7 +112,9 @@ def test_export_never_overwrites_or_deletes_what_it_did_not_write(tmp_path, mode
     with pytest.raises(CheckpointFileError, match="not empty.*overwrite"):
         export_model(model, out)
     assert (out / "README.md").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == [
-        "README.md", "model.onnx"]
+        "README.md",
+        "model.onnx",
+    ]
     export_model(model, out, overwrite=True)  # replaces the export files only
     assert (out / "model.onnx").read_bytes() == b"my onnx"  # not ours: kept, and not part of the export
     assert "model.onnx" not in json.loads((out / "config.json").read_text())["sadcl"]["files"]
@@ -141,8 +155,9 @@ def test_load_exported_with_a_new_label_set_keeps_the_rest(export_dir, model):
     assert loaded.label_names == ["cat", "dog", "bird"] and loaded.pretrained_cfg["metrics"] is None
     with pytest.warns(HeadChangeWarning):
         assert load_exported(export_dir, num_classes=5).label_names == ["0", "1", "2", "3", "4"]
-    assert torch.equal(loaded.transformer.encoder.layers[0].linear1.weight,
-                       model.transformer.encoder.layers[0].linear1.weight)
+    assert torch.equal(
+        loaded.transformer.encoder.layers[0].linear1.weight, model.transformer.encoder.layers[0].linear1.weight
+    )
 
 
 def test_load_exported_refuses_bad_folders(export_dir, tmp_path):
@@ -191,15 +206,23 @@ def test_push_to_hub_then_download_at_the_pinned_commit(hub_uploads, export_dir,
 
     WeightsRecord(**record)
     (commit,) = [c for c in hub_uploads.commits if c.summary.startswith("Upload SADCL export")]
-    assert record == {"hf_hub_id": REPO, "filename": "model.safetensors", "revision": commit.oid,
-                      "sha256": sha256_file(export_dir / "model.safetensors"),
-                      "size": (export_dir / "model.safetensors").stat().st_size}
+    assert record == {
+        "hf_hub_id": REPO,
+        "filename": "model.safetensors",
+        "revision": commit.oid,
+        "sha256": sha256_file(export_dir / "model.safetensors"),
+        "size": (export_dir / "model.safetensors").stat().st_size,
+    }
     assert sorted(commit.files) == ["README.md", "config.json", "model.safetensors"]
     printed = capsys.readouterr().out
-    assert json.loads(printed[printed.index("{"):]) == {"sadcl_tiny": record}
+    assert json.loads(printed[printed.index("{") :]) == {"sadcl_tiny": record}
     writes = [(m, p) for m, p in hub_uploads.hub.requests if m == "POST"]
-    assert writes == [("POST", "/api/repos/create"), ("POST", "/api/validate-yaml"),
-                      ("POST", f"/api/models/{REPO}/preupload/main"), ("POST", f"/api/models/{REPO}/commit/main")]
+    assert writes == [
+        ("POST", "/api/repos/create"),
+        ("POST", "/api/validate-yaml"),
+        ("POST", f"/api/models/{REPO}/preupload/main"),
+        ("POST", f"/api/models/{REPO}/commit/main"),
+    ]
     auth = [h.get("authorization") for h in hub_uploads.hub.request_headers]
     assert auth.count(f"Bearer {TOKEN}") >= 3
 
@@ -239,7 +262,7 @@ def test_cli_export_and_push(hub_uploads, tmp_path, model, capsys):
     assert json.loads((out / "config.json").read_text())["sadcl"]["metrics"] == {"mAP": 50.5}
     assert main(["push", str(out), REPO, "--token", TOKEN]) == 0
     printed = capsys.readouterr().out
-    (record,) = json.loads(printed[printed.index("{", printed.index("weights.json")):]).values()
+    (record,) = json.loads(printed[printed.index("{", printed.index("weights.json")) :]).values()
     assert record["revision"] == hub_uploads.commits[-1].oid
     assert torch.equal(logits(load_exported(f"hf-hub:{REPO}@{record['revision']}")), logits(model))
     assert main(["export", str(checkpoint), str(out), "--metrics", "[1, 2]"]) == 2
@@ -255,3 +278,21 @@ def test_create_model_accepts_hub_and_folder_names(fake_hub, export_dir, model):
     assert torch.equal(logits(sadcl.create_model(str(export_dir))), logits(model))
     with pytest.raises(ModelSourceError, match="checkpoint_path"):
         sadcl.create_model(str(export_dir), checkpoint_path=export_dir / "model.safetensors")
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, model, monkeypatch):
+    import sadcl.zoo.export as export_mod
+
+    def broken_onnx(*args, **kwargs):
+        raise RuntimeError("tracing failed")
+
+    monkeypatch.setattr(export_mod, "export_onnx", broken_onnx)
+    with pytest.raises(RuntimeError, match="tracing failed"):
+        export_model(model, tmp_path / "new", onnx=True)
+    assert not (tmp_path / "new").exists()  # the folder this call created is gone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(RuntimeError, match="tracing failed"):
+        export_model(model, mine, onnx=True, overwrite=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # the user's file, and nothing half-written

@@ -14,6 +14,7 @@ export's ``config.json``, whose checksums then refuse the mixed folder. Reading 
 :func:`download_export`) validates every field as untrusted data; building the model is
 :func:`sadcl.zoo.factory.create_model`'s job (this module never imports the factory).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,21 @@ from .weights import (
     verify_file,
 )
 
-__all__ = ["CONFIG_NAME", "ONNX_NAME", "WEIGHTS_NAME", "Export", "ExportError", "PublishError", "download_export",
-           "export_model", "export_onnx", "model_card", "push_to_hub", "read_export", "read_export_config"]
+__all__ = [
+    "CONFIG_NAME",
+    "ONNX_NAME",
+    "WEIGHTS_NAME",
+    "Export",
+    "ExportError",
+    "PublishError",
+    "download_export",
+    "export_model",
+    "export_onnx",
+    "model_card",
+    "push_to_hub",
+    "read_export",
+    "read_export_config",
+]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -95,18 +109,59 @@ def export_model(
         require_onnx()
     out = Path(out_dir).expanduser()
     previous = _claim_folder(out, overwrite)
+    created_folder = not out.exists()
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_export(model, out, previous, metrics=metrics, metrics_source=metrics_source, recipe=recipe,
+                             repo_id=repo_id, license=license, onnx=onnx)
+    except BaseException:
+        # Nothing half-done stays behind: the files this call created go (each was written atomically, so
+        # no temporary is left either), and the folder too when this call made it.
+        for name in (WEIGHTS_NAME, CARD_NAME, ONNX_NAME, CONFIG_NAME):
+            if name not in before:
+                (out / name).unlink(missing_ok=True)
+        if created_folder and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _write_export(
+    model: SADCL,
+    out: Path,
+    previous: set[str],
+    *,
+    metrics: Mapping[str, float] | None,
+    metrics_source: str | None,
+    recipe: Mapping[str, Any] | str | None,
+    repo_id: str | None,
+    license: str | None,
+    onnx: bool,
+) -> dict[str, Any]:
+    """The files of an export, ``config.json`` last (see :func:`export_model`)."""
     weights_path = out / WEIGHTS_NAME
     digest = save_safetensors(export_state_dict(model), weights_path, checkpoint_metadata(model))
-    config = build_config(model, weights_sha256=digest, weights_size=weights_path.stat().st_size,
-                          metrics=metrics, metrics_source=metrics_source, recipe=recipe, license=license)
+    config = build_config(
+        model,
+        weights_sha256=digest,
+        weights_size=weights_path.stat().st_size,
+        metrics=metrics,
+        metrics_source=metrics_source,
+        recipe=recipe,
+        license=license,
+    )
     files = config["sadcl"]["files"]
     if onnx:
         onnx_path = export_onnx(model, out / ONNX_NAME)
         files[ONNX_NAME] = {"sha256": sha256_file(onnx_path), "size": onnx_path.stat().st_size}
-        config["sadcl"]["onnx"] = {"filename": ONNX_NAME, "input": "images", "output": "logits",
-                                   "input_size": config["pretrained_cfg"]["input_size"], "dynamic_axes": ["batch"],
-                                   **files[ONNX_NAME]}
+        config["sadcl"]["onnx"] = {
+            "filename": ONNX_NAME,
+            "input": "images",
+            "output": "logits",
+            "input_size": config["pretrained_cfg"]["input_size"],
+            "dynamic_axes": ["batch"],
+            **files[ONNX_NAME],
+        }
     elif ONNX_NAME in previous and (out / ONNX_NAME).exists():
         (out / ONNX_NAME).unlink()  # ours, from the earlier export: it would describe different weights
     card = model_card(config, repo_id=repo_id, license=license)
@@ -124,9 +179,11 @@ def _claim_folder(out: Path, overwrite: bool) -> set[str]:
     if not present:
         return set()
     if not overwrite:
-        raise ExportError(f"export folder {out} is not empty ({len(present)} entries, e.g. {present[0]}); choose a "
-                          "new folder, or pass overwrite=True to replace the export files in it (nothing else "
-                          "in it is touched)")
+        raise ExportError(
+            f"export folder {out} is not empty ({len(present)} entries, e.g. {present[0]}); choose a "
+            "new folder, or pass overwrite=True to replace the export files in it (nothing else "
+            "in it is touched)"
+        )
     try:
         return set(export_manifest(read_export_config(out / CONFIG_NAME), out))
     except (CheckpointFileError, PublishError):
@@ -134,8 +191,14 @@ def _claim_folder(out: Path, overwrite: bool) -> set[str]:
 
 
 def build_config(
-    model: SADCL, *, weights_sha256: str, weights_size: int, metrics: Mapping[str, float] | None = None,
-    metrics_source: str | None = None, recipe: Mapping[str, Any] | str | None = None, license: str | None = None,
+    model: SADCL,
+    *,
+    weights_sha256: str,
+    weights_size: int,
+    metrics: Mapping[str, float] | None = None,
+    metrics_source: str | None = None,
+    recipe: Mapping[str, Any] | str | None = None,
+    license: str | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` of an export (format version 2): timm's keys plus the ``sadcl`` section."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
@@ -144,25 +207,38 @@ def build_config(
         metrics, metrics_source = cfg.get("metrics"), metrics_source or cfg.get("metrics_source")
     elif metrics_source is None:
         metrics_source = "measured on these weights"
-    pretrained_cfg = dict(header.preprocessing.to_dict(), fixed_input_size=False, classifier="fc",
-                          num_classes=model.num_classes, paper_ids="arXiv:2307.09715")
+    pretrained_cfg = dict(
+        header.preprocessing.to_dict(),
+        fixed_input_size=False,
+        classifier="fc",
+        num_classes=model.num_classes,
+        paper_ids="arXiv:2307.09715",
+    )
     if license:
         pretrained_cfg["license"] = license
     weights = {"filename": WEIGHTS_NAME, "sha256": weights_sha256, "size": weights_size}
     return {
-        "architecture": cfg.get("architecture") if cfg.get("architecture") == header.variant and header.variant
+        "architecture": cfg.get("architecture")
+        if cfg.get("architecture") == header.variant and header.variant
         else (header.variant or "sadcl"),
         "num_classes": model.num_classes,
         "label_names": list(model.label_names),
         "model_args": dict(header.config),
         "pretrained_cfg": pretrained_cfg,
         "sadcl": {
-            "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "sadcl_version": __version__,
-            "variant": header.variant, "source": header.source,
-            "dataset": cfg.get("dataset"), "description": cfg.get("description"),
-            "metrics": dict(metrics) if metrics else None, "metrics_source": metrics_source if metrics else None,
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_FORMAT_VERSION,
+            "sadcl_version": __version__,
+            "variant": header.variant,
+            "source": header.source,
+            "dataset": cfg.get("dataset"),
+            "description": cfg.get("description"),
+            "metrics": dict(metrics) if metrics else None,
+            "metrics_source": metrics_source if metrics else None,
             "recipe": dict(recipe) if isinstance(recipe, Mapping) else recipe,
-            "weights": weights, "onnx": None, "files": {WEIGHTS_NAME: {k: weights[k] for k in ("sha256", "size")}},
+            "weights": weights,
+            "onnx": None,
+            "files": {WEIGHTS_NAME: {k: weights[k] for k in ("sha256", "size")}},
         },
     }
 
@@ -198,7 +274,7 @@ def read_export_config(path: Path) -> dict[str, Any]:
         raise ExportError(f"{path} is not a SADCL export config (not a JSON object)")
     info = config.get("sadcl") if isinstance(config.get("sadcl"), dict) else config  # version 2 | version 1
     if info.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{path} is not a SADCL export config (no \"format\": \"{EXPORT_FORMAT}\")")
+        raise ExportError(f'{path} is not a SADCL export config (no "format": "{EXPORT_FORMAT}")')
     version = info.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ExportError(f"{path}: format_version must be a positive integer, got {version!r}")
@@ -225,23 +301,34 @@ def parse_export(config: Mapping[str, Any], where: str, weights_path: Path) -> E
     except (HeaderError, PreprocessingError) as e:
         raise ExportError(str(e)) from None
     weights = info.get("weights")
-    if (not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str)
-            or not isinstance(weights.get("size"), int) or isinstance(weights.get("size"), bool)):
+    if (
+        not isinstance(weights, dict)
+        or not isinstance(weights.get("sha256"), str)
+        or not isinstance(weights.get("size"), int)
+        or isinstance(weights.get("size"), bool)
+    ):
         raise ExportError(f"{where}: weights must record the sha256 and size of {WEIGHTS_NAME}")
     meta: dict[str, Any] = {}
     for key in ("dataset", "description", "metrics_source"):
         if isinstance(info.get(key), str):
             meta[key] = info[key]
     metrics = info.get("metrics")
-    if isinstance(metrics, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                         for v in metrics.values()):
+    if isinstance(metrics, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+    ):
         meta["metrics"] = dict(metrics)
     if isinstance(info.get("recipe"), (str, dict)):
         meta["recipe"] = info["recipe"]
     variant = info.get("variant") if isinstance(info.get("variant"), str) else None
-    return Export(config=args, preprocessing=pre, variant=variant, weights_path=weights_path,
-                  weights={"filename": WEIGHTS_NAME, "sha256": weights["sha256"], "size": weights["size"]},
-                  meta=meta, format_version=int(info["format_version"]))
+    return Export(
+        config=args,
+        preprocessing=pre,
+        variant=variant,
+        weights_path=weights_path,
+        weights={"filename": WEIGHTS_NAME, "sha256": weights["sha256"], "size": weights["size"]},
+        meta=meta,
+        format_version=int(info["format_version"]),
+    )
 
 
 def read_export(folder: Path) -> Export:
@@ -254,25 +341,34 @@ def read_export(folder: Path) -> Export:
     try:
         verify_file(export.weights_path, export.weights["sha256"], export.weights["size"])
     except ChecksumError as e:
-        raise ChecksumError(f"{folder}: {WEIGHTS_NAME} does not match config.json ({e}); export the model again") \
-            from None
+        raise ChecksumError(
+            f"{folder}: {WEIGHTS_NAME} does not match config.json ({e}); export the model again"
+        ) from None
     return export
 
 
-def download_export(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> tuple[Export, str | None]:
+def download_export(
+    repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None
+) -> tuple[Export, str | None]:
     """Fetch ``config.json`` and the weights of an export on the Hub (same commit), verify them; (export, commit)."""
     from .hub import hub_download
 
-    config_path = hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir,
-                               what=f"the SADCL export hf-hub:{repo_id}")
+    config_path = hub_download(
+        repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, what=f"the SADCL export hf-hub:{repo_id}"
+    )
     # The cache stores files under snapshots/<commit>/: take the weights from the config's commit,
     # even if the branch moves between the two downloads.
     commit = config_path.parent.name if _COMMIT_RE.fullmatch(config_path.parent.name) else None
     where = f"hf-hub:{repo_id}@{commit or revision or 'main'}"
     config = read_export_config(config_path)
     parse_export(config, where, config_path)  # validate before downloading the weights
-    weights_path = hub_download(repo_id, WEIGHTS_NAME, revision=commit or revision, cache_dir=cache_dir,
-                                what=f"the SADCL export hf-hub:{repo_id}")
+    weights_path = hub_download(
+        repo_id,
+        WEIGHTS_NAME,
+        revision=commit or revision,
+        cache_dir=cache_dir,
+        what=f"the SADCL export hf-hub:{repo_id}",
+    )
     export = parse_export(config, where, weights_path)
     index_dir = weights_path.parents[2] if weights_path.parent.parent.name == "snapshots" else None
     try:
@@ -282,6 +378,8 @@ def download_export(repo_id: str, revision: str | None, cache_dir: str | os.Path
             from .weights import _evict
 
             _evict(weights_path, index_dir)
-        raise ChecksumError(f"{where}: the downloaded {WEIGHTS_NAME} is corrupt ({e}); it was removed from the "
-                            "cache, run again to download it afresh.") from None
+        raise ChecksumError(
+            f"{where}: the downloaded {WEIGHTS_NAME} is corrupt ({e}); it was removed from the "
+            "cache, run again to download it afresh."
+        ) from None
     return export, commit
