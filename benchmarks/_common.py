@@ -14,6 +14,7 @@ its inputs, runs the workload once (warm-up), resets the kernel's RSS high-water
 high-water mark follows live tensor memory. Without ``/proc`` (not Linux) the child falls back to
 ``getrusage(RUSAGE_SELF).ru_maxrss`` before/after one run without warm-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,12 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny sizes and few rounds: checks that the script works")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / default_out, help="results JSON (written atomically)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's default); use 1 on a machine shared with other jobs")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's default); use 1 on a machine shared with other jobs",
+    )
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default: per script)")
     return p
 
@@ -102,12 +107,19 @@ def result_header(script: str, args: argparse.Namespace, argv: Sequence[str] | N
     """The common head of a results file: what ran (``argv``: the parsed arguments, default ``sys.argv[1:]``),
     how, where and when."""
     command = "python benchmarks/" + script + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
-    return {"benchmark": script.removesuffix(".py"), "command": command, "quick": bool(args.quick),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(), **extra}
+    return {
+        "benchmark": script.removesuffix(".py"),
+        "command": command,
+        "quick": bool(args.quick),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        **extra,
+    }
 
 
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     """A plain aligned text table of ``rows`` (floats with 4 significant digits)."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
@@ -141,12 +153,18 @@ def multilabel_targets(B: int, C: int, positives_per_image: float, seed: int = 0
 # ----------------------------------------------------------------------------- timings
 def summary(times: Sequence[float]) -> dict[str, Any]:
     """Median / min / max of a list of seconds, and the raw list."""
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times),
-            "times_s": [round(t, 6) for t in times]}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "n": len(times),
+        "times_s": [round(t, 6) for t in times],
+    }
 
 
-def alternate(fns: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1,
-              sync: Callable[[], None] | None = None) -> dict[str, list[float]]:
+def alternate(
+    fns: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1, sync: Callable[[], None] | None = None
+) -> dict[str, list[float]]:
     """Time each callable ``rounds`` times, interleaved: round ``r`` runs them in an order rotated by ``r``.
 
     ``warmup`` untimed calls of each come first. ``sync`` (e.g. ``torch.cuda.synchronize``) runs before
@@ -213,8 +231,7 @@ def _reset_hwm() -> bool:
         return False
 
 
-def _child(setup: Callable[..., Callable[[], Any]], kwargs: dict[str, Any], threads: int,
-           conn: Any) -> None:
+def _child(setup: Callable[..., Callable[[], Any]], kwargs: dict[str, Any], threads: int, conn: Any) -> None:
     import gc
 
     try:
@@ -267,9 +284,14 @@ def _context(modules: Sequence[str]) -> Any:
     return _CONTEXT
 
 
-def peak_extra_rss(setup: Callable[..., Callable[[], Any]], kwargs: dict[str, Any] | None = None,
-                   threads: int | None = None, repeats: int = 1, timeout_s: float = 600,
-                   preload: Sequence[str] = ()) -> dict[str, Any]:
+def peak_extra_rss(
+    setup: Callable[..., Callable[[], Any]],
+    kwargs: dict[str, Any] | None = None,
+    threads: int | None = None,
+    repeats: int = 1,
+    timeout_s: float = 600,
+    preload: Sequence[str] = (),
+) -> dict[str, Any]:
     """Extra peak RSS (MiB) of the workload ``setup(**kwargs)()`` in fresh child processes (module docstring).
 
     ``setup`` must be a module-level function (it is pickled by name). ``preload``: modules the server
@@ -293,8 +315,7 @@ def peak_extra_rss(setup: Callable[..., Callable[[], Any]], kwargs: dict[str, An
             raise RuntimeError(f"peak-memory child for {setup.__name__}({kwargs}) failed: {out['error']}")
         values.append(out["extra_peak_bytes"])
         method = out["method"]
-    return {"extra_peak_mib": statistics.median(values) / _MiB, "all_mib": [v / _MiB for v in values],
-            "method": method}
+    return {"extra_peak_mib": statistics.median(values) / _MiB, "all_mib": [v / _MiB for v in values], "method": method}
 
 
 def _calibration_setup(mib: int) -> Callable[[], Any]:
@@ -309,5 +330,9 @@ def memory_method_check(mib: int, preload: Sequence[str]) -> dict[str, Any]:
     """Sanity check of :func:`peak_extra_rss`: a workload that allocates and fills ``mib`` MiB.
     ``preload``: as for :func:`peak_extra_rss` (this is usually the call that starts the server)."""
     got = peak_extra_rss(_calibration_setup, {"mib": mib}, threads=1, preload=preload)
-    return {"allocated_mib": mib, "measured_extra_peak_mib": got["extra_peak_mib"], "method": got["method"],
-            "malloc_mmap_threshold_bytes": MMAP_THRESHOLD}
+    return {
+        "allocated_mib": mib,
+        "measured_extra_peak_mib": got["extra_peak_mib"],
+        "method": got["method"],
+        "malloc_mmap_threshold_bytes": MMAP_THRESHOLD,
+    }

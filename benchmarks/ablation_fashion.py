@@ -14,6 +14,7 @@ from the *test* split only. Writes benchmarks/results/ablation_fashion.json and 
 
     python benchmarks/ablation_fashion.py [--quick] [--train N] [--seeds 3] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ import torch
 import sadcl
 from sadcl.data.mosaic import MosaicDataset
 from sadcl.data.transforms import eval_transform
-from sadcl.train import Trainer, TrainConfig, evaluate_model
+from sadcl.train import TrainConfig, Trainer, evaluate_model
 from sadcl.zoo.loading import load_pretrained
 from sadcl.zoo.weights import read_safetensors
 
@@ -47,8 +48,11 @@ MULTI_SEED_ROWS = ("baseline", "SADCL")
 def _datasets(n_train: int, n_val: int, n_test: int):
     cfg = sadcl.zoo.pretrained_cfg_for("sadcl_fashion_mosaic")
     tf = eval_transform(56, mean=cfg["mean"], std=cfg["std"])
-    return (MosaicDataset("train", n_train, seed=100, transform=tf), MosaicDataset("train", n_val, seed=101, transform=tf),
-            MosaicDataset("test", n_test, seed=102, transform=tf))
+    return (
+        MosaicDataset("train", n_train, seed=100, transform=tf),
+        MosaicDataset("train", n_val, seed=101, transform=tf),
+        MosaicDataset("test", n_test, seed=102, transform=tf),
+    )
 
 
 def _run(cfg: TrainConfig, train, val) -> Path:
@@ -77,21 +81,54 @@ def main() -> None:
     if args.quick:
         args.train, args.val, args.test, args.epochs1, args.epochs2, args.seeds = 128, 64, 64, 1, 1, 1
     train, val, test = _datasets(args.train, args.val, args.test)
-    common = dict(model="sadcl_fashion_mosaic", batch_size=64, weight_decay=1e-4, ema_decay=0.99, amp="none",
-                  num_workers=0, progress=False, patience=None, augment="none")
+    common = dict(
+        model="sadcl_fashion_mosaic",
+        batch_size=64,
+        weight_decay=1e-4,
+        ema_decay=0.99,
+        amp="none",
+        num_workers=0,
+        progress=False,
+        patience=None,
+        augment="none",
+    )
     results: dict[str, list[dict]] = {row: [] for row in ROWS}
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            step1 = _run(TrainConfig(output_dir=f"{tmp}/s{seed}/step1", objective="asl", gamma_neg=4.0, lr=2e-3,
-                                     epochs=args.epochs1, seed=seed, **common), train, val)
+            step1 = _run(
+                TrainConfig(
+                    output_dir=f"{tmp}/s{seed}/step1",
+                    objective="asl",
+                    gamma_neg=4.0,
+                    lr=2e-3,
+                    epochs=args.epochs1,
+                    seed=seed,
+                    **common,
+                ),
+                train,
+                val,
+            )
             for row, (objective, weights, official) in ROWS.items():
                 if seed > 0 and row not in MULTI_SEED_ROWS:
                     continue
                 t0 = time.time()
-                best = _run(TrainConfig(output_dir=f"{tmp}/s{seed}/{row}", objective=objective, gamma_neg=0.0,
-                                        loss_weights=weights, official_sample_loss=official, lr=2e-4,
-                                        epochs=args.epochs2, seed=seed, checkpoint=str(step1), **common), train, val)
+                best = _run(
+                    TrainConfig(
+                        output_dir=f"{tmp}/s{seed}/{row}",
+                        objective=objective,
+                        gamma_neg=0.0,
+                        loss_weights=weights,
+                        official_sample_loss=official,
+                        lr=2e-4,
+                        epochs=args.epochs2,
+                        seed=seed,
+                        checkpoint=str(step1),
+                        **common,
+                    ),
+                    train,
+                    val,
+                )
                 metrics = dict(_test(best, test), seed=seed, seconds=round(time.time() - t0, 1))
                 results[row].append(metrics)
                 print(row, metrics, flush=True)
@@ -103,9 +140,16 @@ def main() -> None:
             summary[row][k] = round(statistics.mean(vals), 2)
             summary[row][k + "_std"] = round(statistics.stdev(vals), 2) if len(vals) > 1 else None
     out = dict(
-        benchmark="ablation_fashion", settings=vars(args), summary=summary, runs=results,
-        seconds=round(time.time() - started, 1), torch=torch.__version__, sadcl=sadcl.__version__,
-        machine=dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads()),
+        benchmark="ablation_fashion",
+        settings=vars(args),
+        summary=summary,
+        runs=results,
+        seconds=round(time.time() - started, 1),
+        torch=torch.__version__,
+        sadcl=sadcl.__version__,
+        machine=dict(
+            cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads()
+        ),
     )
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +158,10 @@ def main() -> None:
     os.replace(tmp_path, path)
     print("\n| row | runs | mAP | CF1 | OF1 |\n|---|---|---|---|---|")
     for row, s in summary.items():
-        fmt = lambda k: f"{s[k]:.2f}" + (f" ± {s[k + '_std']:.2f}" if s[k + "_std"] is not None else "")
+
+        def fmt(k, s=s):
+            return f"{s[k]:.2f}" + (f" ± {s[k + '_std']:.2f}" if s[k + "_std"] is not None else "")
+
         print(f"| {row} | {s['runs']} | {fmt('mAP')} | {fmt('CF1')} | {fmt('OF1')} |")
     print(f"wrote {path}")
 

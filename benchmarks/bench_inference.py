@@ -20,6 +20,7 @@ Share = (FLOPs / seconds) / (matmul FLOPs / matmul seconds), per round; the medi
 Target: ``predict`` >= 35 % at batch 4. Also: images/s of the default small model (``sadcl_fashion_mosaic``
 when registered, else ``sadcl_tiny``) through ``predict``. bf16 is not used: results must stay fp32.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,10 +31,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import _common
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import _common
 import sadcl
 
 TARGET_SHARE = 0.35
@@ -73,8 +74,9 @@ def _jit(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
 
-def contenders(model_nchw: torch.nn.Module, model_cl: torch.nn.Module, x: torch.Tensor, use_compile: bool,
-               notes: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+def contenders(
+    model_nchw: torch.nn.Module, model_cl: torch.nn.Module, x: torch.Tensor, use_compile: bool, notes: dict[str, Any]
+) -> dict[str, Callable[[], Any]]:
     """Name → zero-argument call, for one batch ``x``."""
     x_cl = x.contiguous(memory_format=torch.channels_last)
     batch = x.shape[0]
@@ -83,6 +85,7 @@ def contenders(model_nchw: torch.nn.Module, model_cl: torch.nn.Module, x: torch.
         def run() -> Any:
             with torch.inference_mode():
                 return m(inp)
+
         return run
 
     fns: dict[str, Callable[[], Any]] = {
@@ -130,8 +133,15 @@ def main(argv: list[str] | None = None) -> dict:
     size = model_nchw.pretrained_cfg["input_size"][-1]
     a = torch.randn(n_mm, n_mm)
     matmul_flops = 2 * n_mm**3
-    report = _common.result_header("bench_inference.py", args, argv, model=name, image_size=size,
-                                   matmul={"n": n_mm, "flops": matmul_flops}, results=[])
+    report = _common.result_header(
+        "bench_inference.py",
+        args,
+        argv,
+        model=name,
+        image_size=size,
+        matmul={"n": n_mm, "flops": matmul_flops},
+        results=[],
+    )
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
@@ -147,20 +157,36 @@ def main(argv: list[str] | None = None) -> dict:
                 notes[f"{k}_max_abs_diff_vs_eager_nchw"] = float((torch.sigmoid(fns[k]()) - ref).abs().max())
         times = _common.alternate(fns, rounds=rounds, warmup=1)
         rates = [matmul_flops / t for t in times["matmul"]]
-        result: dict[str, Any] = {"batch": batch, "flops_per_forward": flops, "notes": notes,
-                                  "matmul_gflops": _common.summary([r / 1e9 for r in rates]), "contenders": {}}
+        result: dict[str, Any] = {
+            "batch": batch,
+            "flops_per_forward": flops,
+            "notes": notes,
+            "matmul_gflops": _common.summary([r / 1e9 for r in rates]),
+            "contenders": {},
+        }
         for k, ts in times.items():
             if k == "matmul":
                 continue
             shares = [flops["total"] / t / r for t, r in zip(ts, rates)]
             med = statistics.median(ts)
-            result["contenders"][k] = {"time": _common.summary(ts), "seconds_per_image": med / batch,
-                                       "images_per_s": batch / med, "gflops_achieved": flops["total"] / med / 1e9,
-                                       "share_of_matmul_rate": statistics.median(shares)}
-            rows.append({"batch": batch, "contender": k, "s/image": med / batch,
-                         "GFLOP/s": flops["total"] / med / 1e9, "share": statistics.median(shares)})
+            result["contenders"][k] = {
+                "time": _common.summary(ts),
+                "seconds_per_image": med / batch,
+                "images_per_s": batch / med,
+                "gflops_achieved": flops["total"] / med / 1e9,
+                "share_of_matmul_rate": statistics.median(shares),
+            }
+            rows.append(
+                {
+                    "batch": batch,
+                    "contender": k,
+                    "s/image": med / batch,
+                    "GFLOP/s": flops["total"] / med / 1e9,
+                    "share": statistics.median(shares),
+                }
+            )
         base = result["contenders"]["eager_nchw"]["time"]["median_s"]
-        for k, c in result["contenders"].items():
+        for c in result["contenders"].values():
             c["speedup_vs_eager_nchw"] = base / c["time"]["median_s"]
         if batch == max(batches):
             share = result["contenders"]["predict"]["share_of_matmul_rate"]
@@ -175,13 +201,21 @@ def main(argv: list[str] | None = None) -> dict:
     n = 8 if quick else 64
     xs = torch.randn(n, 3, s, s)
     t = _common.alternate({"predict": lambda: sadcl.predict(m, xs)}, rounds=rounds, warmup=1)["predict"]
-    report["small_model"] = {"model": small, "image_size": s, "images": n, "batch_size": 16,
-                             "time": _common.summary(t), "images_per_s": n / statistics.median(t)}
+    report["small_model"] = {
+        "model": small,
+        "image_size": s,
+        "images": n,
+        "batch_size": 16,
+        "time": _common.summary(t),
+        "images_per_s": n / statistics.median(t),
+    }
     rows.append({"batch": 16, "contender": f"predict {small}", "s/image": statistics.median(t) / n})
     _common.write_json(args.out, report)
     _common.print_table(rows, ["batch", "contender", "s/image", "GFLOP/s", "share"])
-    print(f"matmul {n_mm}^3 reference; threads={torch.get_num_threads()}; {small}: "
-          f"{report['small_model']['images_per_s']:.1f} images/s  results: {args.out}")
+    print(
+        f"matmul {n_mm}^3 reference; threads={torch.get_num_threads()}; {small}: "
+        f"{report['small_model']['images_per_s']:.1f} images/s  results: {args.out}"
+    )
     return report
 
 

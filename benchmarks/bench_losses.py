@@ -10,16 +10,17 @@ a fresh child process (``_common.peak_extra_rss``). Short workloads are repeated
 and reported per call. Targets: at C=80 the sample loss is >= 20x faster and
 needs >= 10x less extra peak memory than dense; at C=500 every loss needs <= 1 GiB extra.
 """
+
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 import _common
+import torch
 from dense_reference import dense_prototype_contrastive, dense_sample_contrastive
+
 from sadcl.train.losses import PrototypeContrastiveLoss, SampleContrastiveLoss
 
 # positives_per_image: COCO-2014 train has 2.9 labels per image on average; VG-500 is far denser (it keeps
@@ -43,8 +44,12 @@ def make_inputs(B: int, V: int, C: int, D: int, positives_per_image: float, seed
     features = torch.randn(B, V, C, D, generator=g).requires_grad_(True)
     embeddings = torch.randn(B, C, D, generator=g).requires_grad_(True)
     prototypes = torch.randn(C, D, generator=g).requires_grad_(True)
-    return dict(features=features, embeddings=embeddings, prototypes=prototypes,
-                targets=_common.multilabel_targets(B, C, positives_per_image, seed))
+    return dict(
+        features=features,
+        embeddings=embeddings,
+        prototypes=prototypes,
+        targets=_common.multilabel_targets(B, C, positives_per_image, seed),
+    )
 
 
 def loss_fn(loss: str, impl: str) -> Callable[[dict], torch.Tensor]:
@@ -89,13 +94,17 @@ def agreement(loss: str, inputs: dict) -> dict[str, float]:
     for impl in ("ours", "dense"):
         value = loss_fn(loss, impl)(inputs)
         grads = torch.autograd.grad(value, _leaves(inputs), allow_unused=True)
-        results[impl] = (value.detach(), [g if g is not None else torch.zeros_like(x)
-                                          for g, x in zip(grads, _leaves(inputs))])
+        results[impl] = (
+            value.detach(),
+            [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, _leaves(inputs))],
+        )
     (va, ga), (vb, gb) = results["ours"], results["dense"]
     out["value_ours"], out["value_dense"] = float(va), float(vb)
     out["value_rel_diff"] = float((va - vb).abs() / vb.abs().clamp(min=1e-12))
     scale = max(float(g.abs().max()) for g in gb)
-    out["grad_max_abs_diff_rel_to_max_grad"] = max(float((a - b).abs().max()) for a, b in zip(ga, gb)) / max(scale, 1e-30)
+    out["grad_max_abs_diff_rel_to_max_grad"] = max(float((a - b).abs().max()) for a, b in zip(ga, gb)) / max(
+        scale, 1e-30
+    )
     return out
 
 
@@ -110,53 +119,79 @@ def main(argv: list[str] | None = None) -> dict:
     min_call_s = 0.0 if args.quick else 0.2
     threads = torch.get_num_threads()
 
-    report = _common.result_header("bench_losses.py", args, argv, inputs={}, results=[],
-                                   memory_method=_common.__doc__.split("Peak memory protocol")[1].strip(),
-                                   memory_method_check=_common.memory_method_check(8 if args.quick else 64, PRELOAD))
+    report = _common.result_header(
+        "bench_losses.py",
+        args,
+        argv,
+        inputs={},
+        results=[],
+        memory_method=_common.__doc__.split("Peak memory protocol")[1].strip(),
+        memory_method_check=_common.memory_method_check(8 if args.quick else 64, PRELOAD),
+    )
     rows = []
     for name, cfg in configs.items():
         inputs = make_inputs(**cfg)
         y = inputs["targets"]
-        report["inputs"][name] = dict(cfg, positives_per_image_realised=float(y.sum() / y.shape[0]),
-                                      positive_embeddings_K=int(cfg["V"] * y.sum()))
+        report["inputs"][name] = dict(
+            cfg, positives_per_image_realised=float(y.sum() / y.shape[0]), positive_embeddings_K=int(cfg["V"] * y.sum())
+        )
         impls = ("ours", "dense") if cfg["dense"] else ("ours",)
         checks = {loss: agreement(loss, inputs) for loss in LOSSES} if cfg["dense"] else {}
         for loss, check in checks.items():
             if check["value_rel_diff"] > 1e-4 or check["grad_max_abs_diff_rel_to_max_grad"] > 1e-4:
                 raise SystemExit(f"bench_losses: ours and dense disagree on {loss} ({name}): {check}")
         # A timed call repeats a short workload for >= 0.2 s: one 10 ms call is at the mercy of the scheduler.
-        fns = {f"{loss}/{impl}": _common.repeat_min_duration(workload(loss, impl, inputs), min_call_s)
-               for loss in LOSSES for impl in impls}
+        fns = {
+            f"{loss}/{impl}": _common.repeat_min_duration(workload(loss, impl, inputs), min_call_s)
+            for loss in LOSSES
+            for impl in impls
+        }
         times = _common.alternate(fns, rounds=rounds, warmup=1)
         for loss in LOSSES:
             row: dict[str, Any] = {"config": name, "loss": loss}
             for impl in impls:
                 fn = fns[f"{loss}/{impl}"]
-                row[f"time_{impl}"] = dict(_common.summary([t / fn.n for t in times[f"{loss}/{impl}"]]),
-                                           calls_per_timed_call=fn.n)
-                row[f"memory_{impl}"] = _common.peak_extra_rss(memory_setup, dict(loss=loss, impl=impl, config=cfg),
-                                                               threads=threads, repeats=mem_repeats, preload=PRELOAD)
+                row[f"time_{impl}"] = dict(
+                    _common.summary([t / fn.n for t in times[f"{loss}/{impl}"]]), calls_per_timed_call=fn.n
+                )
+                row[f"memory_{impl}"] = _common.peak_extra_rss(
+                    memory_setup,
+                    dict(loss=loss, impl=impl, config=cfg),
+                    threads=threads,
+                    repeats=mem_repeats,
+                    preload=PRELOAD,
+                )
             ours_s, ours_mib = row["time_ours"]["median_s"], row["memory_ours"]["extra_peak_mib"]
             if cfg["dense"]:
                 row["agreement"] = checks[loss]
                 row["speedup"] = row["time_dense"]["median_s"] / ours_s
                 row["memory_ratio"] = row["memory_dense"]["extra_peak_mib"] / max(ours_mib, 1e-9)
                 if loss.startswith("sample"):
-                    row["targets"] = {"speedup_min": TARGET_SPEEDUP, "memory_ratio_min": TARGET_MEMORY_RATIO,
-                                      "met": row["speedup"] >= TARGET_SPEEDUP
-                                      and row["memory_ratio"] >= TARGET_MEMORY_RATIO}
+                    row["targets"] = {
+                        "speedup_min": TARGET_SPEEDUP,
+                        "memory_ratio_min": TARGET_MEMORY_RATIO,
+                        "met": row["speedup"] >= TARGET_SPEEDUP and row["memory_ratio"] >= TARGET_MEMORY_RATIO,
+                    }
             else:
                 row["targets"] = {"extra_peak_mib_max": TARGET_VG_MIB, "met": ours_mib <= TARGET_VG_MIB}
             report["results"].append(row)
-            rows.append({"config": name, "loss": loss, "ours ms": 1e3 * ours_s,
-                         "dense ms": 1e3 * row["time_dense"]["median_s"] if cfg["dense"] else None,
-                         "speedup": row.get("speedup"), "ours MiB": ours_mib,
-                         "dense MiB": row["memory_dense"]["extra_peak_mib"] if cfg["dense"] else None,
-                         "mem ratio": row.get("memory_ratio"),
-                         "target met": row.get("targets", {}).get("met")})
+            rows.append(
+                {
+                    "config": name,
+                    "loss": loss,
+                    "ours ms": 1e3 * ours_s,
+                    "dense ms": 1e3 * row["time_dense"]["median_s"] if cfg["dense"] else None,
+                    "speedup": row.get("speedup"),
+                    "ours MiB": ours_mib,
+                    "dense MiB": row["memory_dense"]["extra_peak_mib"] if cfg["dense"] else None,
+                    "mem ratio": row.get("memory_ratio"),
+                    "target met": row.get("targets", {}).get("met"),
+                }
+            )
     _common.write_json(args.out, report)
-    _common.print_table(rows, ["config", "loss", "ours ms", "dense ms", "speedup", "ours MiB", "dense MiB",
-                               "mem ratio", "target met"])
+    _common.print_table(
+        rows, ["config", "loss", "ours ms", "dense ms", "speedup", "ours MiB", "dense MiB", "mem ratio", "target met"]
+    )
     print(f"threads={threads}  results: {args.out}")
     return report
 

@@ -13,19 +13,22 @@ figure is the median per update over alternating rounds. On CUDA the clock is re
 synchronisation, once per timed call (so a call of repeated updates measures what a training step pays for
 the update queued among its other kernels). Target: ours >= 50x faster than the loop (COCO).
 """
+
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-import torch
-
 import _common
+import torch
 from dense_reference import loop_memory_update
+
 from sadcl.train.memory import MemoryBank
 
-CONFIGS = {"coco": dict(B=32, C=80, D=2048, positives_per_image=2.9),
-           "vg500": dict(B=64, C=500, D=2048, positives_per_image=13.0)}
+CONFIGS = {
+    "coco": dict(B=32, C=80, D=2048, positives_per_image=2.9),
+    "vg500": dict(B=64, C=500, D=2048, positives_per_image=13.0),
+}
 QUICK_CONFIGS = {"coco": dict(B=4, C=10, D=16, positives_per_image=2.0)}
 TARGET_SPEEDUP = 50.0
 
@@ -35,13 +38,15 @@ def make_step(B: int, C: int, D: int, positives_per_image: float, seed: int = 0)
     σ > 0.8 for ~77 % of them), negatives are not (logit ~ N(−4, 1.5))."""
     g = torch.Generator().manual_seed(seed + 7)
     targets = _common.multilabel_targets(B, C, positives_per_image, seed)
-    logits = torch.where(targets > 0.5, 2.5 + 1.5 * torch.randn(B, C, generator=g),
-                         -4.0 + 1.5 * torch.randn(B, C, generator=g))
+    logits = torch.where(
+        targets > 0.5, 2.5 + 1.5 * torch.randn(B, C, generator=g), -4.0 + 1.5 * torch.randn(B, C, generator=g)
+    )
     return dict(embeddings=torch.randn(B, C, D, generator=g), targets=targets, logits=logits)
 
 
-def where_update(bank: torch.Tensor, embeddings: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
-                 threshold: float = 0.8) -> None:
+def where_update(
+    bank: torch.Tensor, embeddings: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8
+) -> None:
     """The accelerator path of ``MemoryBank.update``: one ``torch.where`` over every slot entry."""
     mask = (targets > 0.5) & (torch.sigmoid(logits) > threshold)
     slots = bank[: embeddings.shape[0]]
@@ -61,8 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     rounds = args.rounds or (3 if args.quick else 15)
     min_call_s = 0.002 if args.quick else 0.02
     device_name = _common.device_name(device)
-    report = _common.result_header("bench_memory_bank.py", args, argv, device=str(device), device_name=device_name,
-                                   results=[])
+    report = _common.result_header(
+        "bench_memory_bank.py", args, argv, device=str(device), device_name=device_name, results=[]
+    )
     rows = []
     for name, cfg in configs.items():
         step = {k: v.to(device) for k, v in make_step(**cfg).items()}
@@ -72,10 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
         ours.init_from_prototypes(protos)
         loop_bank, where_bank = ours.bank.clone(), ours.bank.clone()
         e, y, x = step["embeddings"], step["targets"], step["logits"]
+        # The lambdas run only within this iteration, so late binding of the loop variables is harmless.
         fns = {
-            "ours": lambda: ours.update(e, y, x),
-            "loop": lambda: loop_memory_update(loop_bank, e, y, x),
-            "where": lambda: where_update(where_bank, e, y, x),
+            "ours": lambda: ours.update(e, y, x),  # noqa: B023
+            "loop": lambda: loop_memory_update(loop_bank, e, y, x),  # noqa: B023
+            "where": lambda: where_update(where_bank, e, y, x),  # noqa: B023
         }
         # Same result from the same start (one update each), then the timings (updates are idempotent).
         for fn in fns.values():
@@ -95,13 +102,23 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "coco":
             row["target"] = {"speedup_vs_loop_min": TARGET_SPEEDUP, "met": row["speedup_vs_loop"] >= TARGET_SPEEDUP}
         report["results"].append(row)
-        rows.append({"config": name, "labels": row["positive_labels"], "written": written,
-                     "ours us": 1e6 * ours_s, "loop us": 1e6 * row["time_loop"]["median_s"],
-                     "where us": 1e6 * row["time_where"]["median_s"], "vs loop": row["speedup_vs_loop"],
-                     "vs where": row["speedup_vs_where"], "target met": row.get("target", {}).get("met")})
+        rows.append(
+            {
+                "config": name,
+                "labels": row["positive_labels"],
+                "written": written,
+                "ours us": 1e6 * ours_s,
+                "loop us": 1e6 * row["time_loop"]["median_s"],
+                "where us": 1e6 * row["time_where"]["median_s"],
+                "vs loop": row["speedup_vs_loop"],
+                "vs where": row["speedup_vs_where"],
+                "target met": row.get("target", {}).get("met"),
+            }
+        )
     _common.write_json(args.out, report)
-    _common.print_table(rows, ["config", "labels", "written", "ours us", "loop us", "where us", "vs loop",
-                               "vs where", "target met"])
+    _common.print_table(
+        rows, ["config", "labels", "written", "ours us", "loop us", "where us", "vs loop", "vs where", "target met"]
+    )
     print(f"{device_name}; threads={torch.get_num_threads()}  results: {args.out}")
     return report
 

@@ -9,9 +9,9 @@
 * ``ours``: the library's defaults: frozen BatchNorm folded into the convolutions, bf16 autocast,
   channels_last model and input, fused AdamW, our losses (positive-only SSCL), vectorised
   ``MemoryBank.update``; with ``--compile`` the forward is ``torch.compile``d.
-* ``authors``: frozen BatchNorm as a separate module, fp16 autocast with a GradScaler, NCHW, the dense (V·B·C)² contrastive loss and the
-  cosine-similarity prototype loss of ``dense_reference.py``, the per-label Python loop for the bank
-  (a device sync per positive label), AdamW without ``foreach``/``fused`` (the for-loop of older torch).
+* ``authors``: frozen BatchNorm as a separate module, fp16 autocast with a GradScaler, NCHW, the dense (V·B·C)²
+  contrastive loss and the cosine-similarity prototype loss of ``dense_reference.py``, the per-label Python loop for
+  the bank (a device sync per positive label), AdamW without ``foreach``/``fused`` (the for-loop of older torch).
   The GradScaler's first steps overflow at its initial scale and skip the optimizer; warm-up goes on until
   a step is not skipped, so only steady-state steps are timed (skipped timed steps are counted).
 
@@ -22,6 +22,7 @@ the memory-bank update alone (ours vs the loop). Plans for under 5 minutes on an
 ``--compile`` (compiling adds 1-3 minutes). Images are random tensors already on the device: the figure is
 the compute step, not data loading. Exits with a message when CUDA is asked for and missing.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -30,16 +31,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
-from torch import Tensor
-
 import _common
-import sadcl
+import torch
 from bench_memory_bank import CONFIGS, QUICK_CONFIGS, make_step
 from dense_reference import dense_prototype_contrastive, dense_sample_contrastive, loop_memory_update
-from sadcl.train.step import TrainForward as _TrainForward
+from torch import Tensor
+
+import sadcl
 from sadcl.train.losses import AsymmetricLoss, SADCLCriterion
 from sadcl.train.memory import MemoryBank
+from sadcl.train.step import TrainForward as _TrainForward
 
 _MiB = 1024 * 1024
 
@@ -74,8 +75,11 @@ class Setup:
         if self.name == "ours":
             return self.criterion(logits, y, z, bank_z, protos_z)["loss"]
         views = torch.stack([z, bank_z], 1)
-        return (self.asl(logits, y) + 100.0 * dense_sample_contrastive(views, y, official=True)
-                + 50.0 * dense_prototype_contrastive(z, protos_z, y))
+        return (
+            self.asl(logits, y)
+            + 100.0 * dense_sample_contrastive(views, y, official=True)
+            + 50.0 * dense_prototype_contrastive(z, protos_z, y)
+        )
 
     def step(self, x: Tensor, y: Tensor) -> None:
         if self.channels_last:
@@ -129,8 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench_train_gpu: no CUDA device is available. Run it on a machine with an NVIDIA GPU, "
-                         "or check the script with `--device cpu --quick`.")
+        raise SystemExit(
+            "bench_train_gpu: no CUDA device is available. Run it on a machine with an NVIDIA GPU, "
+            "or check the script with `--device cpu --quick`."
+        )
     _common.set_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the authors (both configurations); TF32 flags stay default
@@ -141,9 +147,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_start = time.perf_counter()
     device_name = _common.device_name(device)
-    report = _common.result_header("bench_train_gpu.py", args, argv, device=str(device), device_name=device_name,
-                                   model=variant, batch=batch,
-                                   compile=bool(args.compile), configs={})
+    report = _common.result_header(
+        "bench_train_gpu.py",
+        args,
+        argv,
+        device=str(device),
+        device_name=device_name,
+        model=variant,
+        batch=batch,
+        compile=bool(args.compile),
+        configs={},
+    )
     setups: dict[str, Setup] = {}
     static: dict[str, int | None] = {}
     for name in ("ours", "authors"):
@@ -169,8 +183,12 @@ def main(argv: list[str] | None = None) -> dict:
         _sync(device)
         report["configs"][name] = {"warmup_s": time.perf_counter() - t0, "warmup_steps": warmup + extra}
         if static[name] is not None:  # + gradients and optimizer state, allocated by the first steps
-            static[name] += sum(t.numel() * t.element_size() for st in s.optimizer.state.values()
-                                for t in st.values() if torch.is_tensor(t))
+            static[name] += sum(
+                t.numel() * t.element_size()
+                for st in s.optimizer.state.values()
+                for t in st.values()
+                if torch.is_tensor(t)
+            )
             static[name] += sum(q.numel() * q.element_size() for q in s.model.parameters() if q.requires_grad)
 
     times: dict[str, list[float]] = {name: [] for name in setups}
@@ -178,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     skipped = {name: 0 for name in setups}
     scale_before = {name: s.scaler.get_scale() for name, s in setups.items()}  # 1.0 for a disabled scaler
     for r in range(rounds):
-        for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
+        for name in list(setups) if r % 2 == 0 else list(setups)[::-1]:
             s = setups[name]
             for _ in range(per_round):
                 _sync(device)
@@ -204,8 +222,15 @@ def main(argv: list[str] | None = None) -> dict:
             c["step_extra_peak_mib"] = max(peaks[name]) / _MiB
             c["static_mib"] = static[name] / _MiB
             c["total_peak_mib"] = c["static_mib"] + c["step_extra_peak_mib"]
-        rows.append({"config": name, "step ms": 1e3 * med, "images/s": batch / med,
-                     "step peak MiB": c.get("step_extra_peak_mib"), "static MiB": c.get("static_mib")})
+        rows.append(
+            {
+                "config": name,
+                "step ms": 1e3 * med,
+                "images/s": batch / med,
+                "step peak MiB": c.get("step_extra_peak_mib"),
+                "static MiB": c.get("static_mib"),
+            }
+        )
     ours, theirs = report["configs"]["ours"], report["configs"]["authors"]
     report["speedup"] = ours["images_per_s"] / theirs["images_per_s"]
     if "total_peak_mib" in ours:
@@ -215,10 +240,12 @@ def main(argv: list[str] | None = None) -> dict:
     _common.write_json(args.out, report)
     _common.print_table(rows, ["config", "step ms", "images/s", "step peak MiB", "static MiB"])
     bank = report["memory_bank_update"]
-    print(f"speedup {report['speedup']:.2f}x; bank update: ours {1e6 * bank['time_ours']['median_s']:.0f} us, "
-          f"loop {1e6 * bank['time_loop']['median_s']:.0f} us ({bank['speedup_vs_loop']:.0f}x); "
-          f"device {device_name}; wall {report['wall_s']:.0f} s  "
-          f"results: {args.out}")
+    print(
+        f"speedup {report['speedup']:.2f}x; bank update: ours {1e6 * bank['time_ours']['median_s']:.0f} us, "
+        f"loop {1e6 * bank['time_loop']['median_s']:.0f} us ({bank['speedup_vs_loop']:.0f}x); "
+        f"device {device_name}; wall {report['wall_s']:.0f} s  "
+        f"results: {args.out}"
+    )
     return report
 
 

@@ -15,6 +15,7 @@ fused kernels) are checked here, each against a reference computed on the CPU in
 
 Every check prints its error and tolerance; the script exits 1 if any fails and writes the JSON either way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import _common
-import sadcl
-from sadcl.inference import predict_scores
+import torch
 from bench_memory_bank import make_step
 from dense_reference import dense_prototype_contrastive, dense_sample_contrastive, loop_memory_update
+
+import sadcl
+from sadcl.inference import predict_scores
 from sadcl.train.losses import PrototypeContrastiveLoss, SampleContrastiveLoss
 from sadcl.train.memory import MemoryBank
 
@@ -57,10 +58,16 @@ def check_losses(device: torch.device, checks: list[dict[str, Any]]) -> None:
     feats = torch.randn(B, V, C, D, generator=g, dtype=torch.float64)
     protos = torch.randn(C, D, generator=g, dtype=torch.float64)
     cases = {
-        "sscl_fixed": (SampleContrastiveLoss(official=False),
-                       lambda f, t: dense_sample_contrastive(f, t, official=False), (feats, y)),
-        "sscl_official": (SampleContrastiveLoss(official=True),
-                          lambda f, t: dense_sample_contrastive(f, t, official=True), (feats, y)),
+        "sscl_fixed": (
+            SampleContrastiveLoss(official=False),
+            lambda f, t: dense_sample_contrastive(f, t, official=False),
+            (feats, y),
+        ),
+        "sscl_official": (
+            SampleContrastiveLoss(official=True),
+            lambda f, t: dense_sample_contrastive(f, t, official=True),
+            (feats, y),
+        ),
         "pscl": (PrototypeContrastiveLoss(), dense_prototype_contrastive, (feats[:, 0], protos, y)),
     }
     for name, (ours, dense, inputs) in cases.items():
@@ -73,8 +80,9 @@ def check_losses(device: torch.device, checks: list[dict[str, Any]]) -> None:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out_bf16, _ = value_and_grads(ours, *dev_inputs)
             err = rel_err(out_bf16, ref)
-            checks.append(dict(check=f"{name} under bf16 autocast vs dense float64", error=err, tol=2e-2,
-                               ok=err < 2e-2))
+            checks.append(
+                dict(check=f"{name} under bf16 autocast vs dense float64", error=err, tol=2e-2, ok=err < 2e-2)
+            )
 
 
 def check_memory_bank(device: torch.device, checks: list[dict[str, Any]]) -> None:
@@ -91,8 +99,14 @@ def check_memory_bank(device: torch.device, checks: list[dict[str, Any]]) -> Non
         loop_memory_update(ref, h, y, logits)
         logits = logits.roll(step + 1, dims=0)
     same = torch.equal(ours.bank.cpu(), ref)
-    checks.append(dict(check="MemoryBank.update on the device == per-label loop on the CPU", error=0.0 if same else 1.0,
-                       tol=0.0, ok=same))
+    checks.append(
+        dict(
+            check="MemoryBank.update on the device == per-label loop on the CPU",
+            error=0.0 if same else 1.0,
+            tol=0.0,
+            ok=same,
+        )
+    )
 
 
 def check_default_model(device: torch.device, checks: list[dict[str, Any]]) -> None:
@@ -102,11 +116,18 @@ def check_default_model(device: torch.device, checks: list[dict[str, Any]]) -> N
     cpu_scores = predict_scores(cpu_model, images, device="cpu")
     dev_scores = predict_scores(dev_model, images, device=device)
     err = float((dev_scores - cpu_scores).abs().max())
-    checks.append(dict(check=f"sadcl_fashion_mosaic scores on {device.type} vs CPU ({len(images)} images, max abs)",
-                       error=err, tol=1e-3, ok=err < 1e-3))
+    checks.append(
+        dict(
+            check=f"sadcl_fashion_mosaic scores on {device.type} vs CPU ({len(images)} images, max abs)",
+            error=err,
+            tol=1e-3,
+            ok=err < 1e-3,
+        )
+    )
     same_top = torch.equal(dev_scores.argmax(1), cpu_scores.argmax(1))
-    checks.append(dict(check="same top label for every example image", error=0.0 if same_top else 1.0, tol=0.0,
-                       ok=same_top))
+    checks.append(
+        dict(check="same top label for every example image", error=0.0 if same_top else 1.0, tol=0.0, ok=same_top)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,8 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     check_memory_bank(device, checks)
     check_default_model(device, checks)
     device_name = _common.device_name(device)
-    report = _common.result_header("cuda_checks.py", argparse.Namespace(quick=False), argv, device=str(device),
-                                   device_name=device_name, checks=checks, all_ok=all(c["ok"] for c in checks))
+    report = _common.result_header(
+        "cuda_checks.py",
+        argparse.Namespace(quick=False),
+        argv,
+        device=str(device),
+        device_name=device_name,
+        checks=checks,
+        all_ok=all(c["ok"] for c in checks),
+    )
     _common.write_json(args.out, report)
     _common.print_table(checks, ["check", "error", "tol", "ok"])
     print(f"device {device_name}: {'all passed' if report['all_ok'] else 'FAILED'}  results: {args.out}")

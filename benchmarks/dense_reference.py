@@ -12,6 +12,7 @@
 Everything runs in the inputs' dtype (the authors' pipeline has float64 labels, which makes theirs 1.3–1.6×
 slower and 1.7× larger again: REFERENCE c.5; these baselines are the kinder float32 version).
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def dense_sample_contrastive(features: Tensor, targets: Tensor, temperature: float = 0.2,
-                             official: bool = True, eps: float = 1e-5) -> Tensor:
+def dense_sample_contrastive(
+    features: Tensor, targets: Tensor, temperature: float = 0.2, official: bool = True, eps: float = 1e-5
+) -> Tensor:
     """SSCL over all ``(V·B·C)²`` pairs of label embeddings (``features [B, V, C, D]``, ``targets [B, C]``)."""
     B, V, C, D = features.shape
     N, NC = V * B, V * B * C
@@ -61,8 +63,9 @@ def dense_sample_contrastive(features: Tensor, targets: Tensor, temperature: flo
     return (weight * per_anchor).sum() / total.clamp(min=1) if float(y.sum()) > 0 else features.sum() * 0.0
 
 
-def dense_prototype_contrastive(embeddings: Tensor, prototypes: Tensor, targets: Tensor,
-                                temperature: float = 0.07) -> Tensor:
+def dense_prototype_contrastive(
+    embeddings: Tensor, prototypes: Tensor, targets: Tensor, temperature: float = 0.07
+) -> Tensor:
     """PSCL as the authors: cosine similarity to broadcast prototypes, per-class shift, masked sums of exp."""
     if prototypes.dim() == 2:
         prototypes = prototypes[None]
@@ -76,8 +79,9 @@ def dense_prototype_contrastive(embeddings: Tensor, prototypes: Tensor, targets:
     return -(pos - total).sum() / y.sum()
 
 
-def loop_memory_update(bank: Tensor, embeddings: Tensor, targets: Tensor, logits: Tensor,
-                       threshold: float = 0.8) -> None:
+def loop_memory_update(
+    bank: Tensor, embeddings: Tensor, targets: Tensor, logits: Tensor, threshold: float = 0.8
+) -> None:
     """The authors' memory-bank update: one positive label at a time, Python ``int``s and a tensor ``if``."""
     prob = torch.sigmoid(logits)
     for index in targets.nonzero():

@@ -6,6 +6,7 @@ the GPU machine needs no dataset.
 
     python benchmarks/gpu_train_tiny.py [--steps 300] [--device cuda] [--amp bf16|fp16] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 import sadcl
-from sadcl.train import Trainer, TrainConfig
+from sadcl.train import TrainConfig, Trainer
 
 
 class RandomMultiLabel(Dataset):
@@ -57,9 +58,21 @@ def main() -> int:
     data = RandomMultiLabel(n, 20, 64)
     epochs = math.ceil(args.steps / (n // args.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(model="sadcl_tiny", output_dir=tmp, objective="sadcl", epochs=epochs, batch_size=args.batch_size,
-                          lr=1e-3, device=args.device, amp=args.amp, num_workers=0, progress=False, patience=None,
-                          log_interval=25, augment="none")
+        cfg = TrainConfig(
+            model="sadcl_tiny",
+            output_dir=tmp,
+            objective="sadcl",
+            epochs=epochs,
+            batch_size=args.batch_size,
+            lr=1e-3,
+            device=args.device,
+            amp=args.amp,
+            num_workers=0,
+            progress=False,
+            patience=None,
+            log_interval=25,
+            augment="none",
+        )
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -70,11 +83,19 @@ def main() -> int:
     assert losses and all(math.isfinite(v) for v in losses), f"non-finite loss in {losses}"
     rates = [r["img_per_s"] for r in log if r.get("event") == "step"][1:]  # the first includes warm-up
     result = dict(
-        benchmark="gpu_train_tiny", device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        amp=args.amp, steps=summary["epochs_completed"] * (n // args.batch_size), batch_size=args.batch_size,
-        img_per_s_median=sorted(rates)[len(rates) // 2] if rates else None, seconds=round(seconds, 1),
+        benchmark="gpu_train_tiny",
+        device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        amp=args.amp,
+        steps=summary["epochs_completed"] * (n // args.batch_size),
+        batch_size=args.batch_size,
+        img_per_s_median=sorted(rates)[len(rates) // 2] if rates else None,
+        seconds=round(seconds, 1),
         peak_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if args.device.startswith("cuda") else None,
-        losses_finite=True, first_loss=losses[0], last_loss=losses[-1], torch=torch.__version__, sadcl=sadcl.__version__,
+        losses_finite=True,
+        first_loss=losses[0],
+        last_loss=losses[-1],
+        torch=torch.__version__,
+        sadcl=sadcl.__version__,
     )
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

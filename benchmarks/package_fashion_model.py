@@ -8,6 +8,7 @@ Results: benchmarks/results/fashion_model.json.
 
     python benchmarks/package_fashion_model.py runs/fashion/step2 [--test 10000] [--seed 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,22 +46,35 @@ def main() -> None:
     size = target.stat().st_size
     table_path = REPO / "weights.json"
     table = json.loads(table_path.read_text())
-    table["weights"][NAME] = dict(hf_hub_id=HUB_ID, filename="model.safetensors", revision=None, sha256=sha,
-                                  size=size, file=PACKAGED)
+    table["weights"][NAME] = dict(
+        hf_hub_id=HUB_ID, filename="model.safetensors", revision=None, sha256=sha, size=size, file=PACKAGED
+    )
     tmp = table_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table, indent=2) + "\n")
     os.replace(tmp, table_path)
 
     model = sadcl.create_model(NAME, pretrained=True).eval()  # the packaged file, verified
     cfg = model.pretrained_cfg
-    test = MosaicDataset("test", args.test, seed=args.seed, transform=eval_transform(56, mean=cfg["mean"], std=cfg["std"]))
+    test = MosaicDataset(
+        "test", args.test, seed=args.seed, transform=eval_transform(56, mean=cfg["mean"], std=cfg["std"])
+    )
     t0 = time.time()
     r = evaluate_model(model, test, batch_size=256, num_workers=0, device="cpu", amp="none")
     keys = ("mAP", "mAP_sklearn", "CP", "CR", "CF1", "CF1_harmonic", "OP", "OR", "OF1", "CF1_top3", "OF1_top3")
-    result = dict(model=NAME, run=str(args.run), checkpoint=PACKAGED, sha256=sha, size_bytes=size,
-                  test_mosaics=args.test, test_seed=args.seed, metrics={k: round(float(r[k]), 2) for k in keys},
-                  per_class_AP=r["per_class_AP"], eval_seconds=round(time.time() - t0, 1),
-                  training_log=str(Path(args.run) / "log.jsonl"), torch=torch.__version__)
+    result = dict(
+        model=NAME,
+        run=str(args.run),
+        checkpoint=PACKAGED,
+        sha256=sha,
+        size_bytes=size,
+        test_mosaics=args.test,
+        test_seed=args.seed,
+        metrics={k: round(float(r[k]), 2) for k in keys},
+        per_class_AP=r["per_class_AP"],
+        eval_seconds=round(time.time() - t0, 1),
+        training_log=str(Path(args.run) / "log.jsonl"),
+        torch=torch.__version__,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -1,13 +1,14 @@
 """Atomic file writes: a crash never leaves a half-written checkpoint, cache index or export under its final name."""
+
 from __future__ import annotations
 
 import errno
 import os
 import re
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
-
+from typing import BinaryIO, Callable
 
 _TMP_HEX = 12  # hex digits of the random part of a temporary name: ``.NAME.<hex>.tmp``
 
@@ -71,7 +72,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         try:
             view = memoryview(data)
             while view:  # os.write may write fewer bytes than asked
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         except OSError as e:
             os.ftruncate(fd, start)
             reason = e.strerror or os.strerror(e.errno or errno.EIO)

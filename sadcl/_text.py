@@ -5,6 +5,7 @@ ESC sequence can rewrite the terminal, a newline can forge an output line and a 
 name read backwards. :func:`printable` shows every such character as an escape instead; machine formats
 (JSON) keep the exact text and escape it themselves.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -46,8 +47,9 @@ def one_line(message: str, limit: int = MAX_LINE) -> str:
     keeps its head and its tail (where messages say what to do) around a note that ``--verbose`` shows all.
     """
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    if any(line.startswith("Traceback (most recent call last)") or line.startswith("Original Traceback")
-           for line in lines):
+    if any(
+        line.startswith("Traceback (most recent call last)") or line.startswith("Original Traceback") for line in lines
+    ):
         lines = lines[-1:]
     text = printable(" | ".join(lines))
     if len(text) <= limit:

@@ -18,11 +18,13 @@ Conventions (REFERENCE.md d.4, ANCHORS.md Part 2 (b)):
 
 Inputs may be numpy arrays, torch tensors (any device / dtype) or nested lists; all maths is float64 numpy.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,17 +60,17 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     try:
         return np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be numeric (numpy array, torch tensor or list), got {type(x).__name__}: {e}")
+        raise ValueError(
+            f"{name} must be numeric (numpy array, torch tensor or list), got {type(x).__name__}: {e}"
+        ) from e
 
 
-def _check_inputs(scores: Any, targets: Any, ndim: int) -> Tuple[np.ndarray, np.ndarray]:
+def _check_inputs(scores: Any, targets: Any, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     s = _to_numpy(scores, "scores")
     t = _to_numpy(targets, "targets")
     layout = "[num_images]" if ndim == 1 else "[num_images, num_classes]"
     if s.ndim != ndim or t.ndim != ndim:
-        raise ValueError(
-            f"scores and targets must both be {ndim}-D {layout}, got shapes {s.shape} and {t.shape}"
-        )
+        raise ValueError(f"scores and targets must both be {ndim}-D {layout}, got shapes {s.shape} and {t.shape}")
     if s.shape != t.shape:
         raise ValueError(f"scores has shape {s.shape} but targets has shape {t.shape}; they must match {layout}")
     if s.shape[0] == 0:
@@ -96,7 +98,7 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown AP mode {mode!r}; use one of {AP_MODES}")
 
 
-def _check_label_names(label_names: Optional[Sequence[str]], num_classes: int) -> Optional[List[str]]:
+def _check_label_names(label_names: Sequence[str] | None, num_classes: int) -> list[str] | None:
     if label_names is None:
         return None
     names = list(label_names)
@@ -105,9 +107,7 @@ def _check_label_names(label_names: Optional[Sequence[str]], num_classes: int) -
     return names
 
 
-def _positive_classes(
-    targets: np.ndarray, label_names: Optional[List[str]], what: str, warn: bool = True
-) -> np.ndarray:
+def _positive_classes(targets: np.ndarray, label_names: list[str] | None, what: str, warn: bool = True) -> np.ndarray:
     """Mask of classes with at least one positive; warn about (or refuse) the others."""
     has_pos = targets.sum(axis=0) > 0
     if not has_pos.any():
@@ -181,7 +181,7 @@ def average_precision(scores: Any, targets: Any, mode: str = "voc") -> float:
 
 
 def mean_average_precision(
-    scores: Any, targets: Any, mode: str = "voc", *, label_names: Optional[Sequence[str]] = None
+    scores: Any, targets: Any, mode: str = "voc", *, label_names: Sequence[str] | None = None
 ) -> float:
     """mAP in percent: ``100 x`` mean over classes of the AP of ``scores [N, C]`` against ``targets [N, C]``.
 
@@ -199,8 +199,8 @@ def mean_average_precision(
 
 
 def _threshold_metrics(
-    s: np.ndarray, t: np.ndarray, keep: np.ndarray, threshold: float, top_k: Optional[int]
-) -> Dict[str, float]:
+    s: np.ndarray, t: np.ndarray, keep: np.ndarray, threshold: float, top_k: int | None
+) -> dict[str, float]:
     pred = s > threshold
     if top_k is not None:
         # Exactly k labels per image survive (stable sort: a tie at the k-th score goes to the lower index).
@@ -230,7 +230,7 @@ def _threshold_metrics(
     return {k: 100.0 * float(v) for k, v in values.items()}
 
 
-def _check_threshold_args(threshold: float, top_k: Optional[int]) -> None:
+def _check_threshold_args(threshold: float, top_k: int | None) -> None:
     if not isinstance(threshold, (int, float, np.floating, np.integer)) or isinstance(threshold, bool):
         raise ValueError(f"threshold must be a number, got {threshold!r}")
     if math.isnan(threshold):
@@ -243,10 +243,10 @@ def threshold_metrics(
     scores: Any,
     targets: Any,
     threshold: float = 0.5,
-    top_k: Optional[int] = None,
+    top_k: int | None = None,
     *,
-    label_names: Optional[Sequence[str]] = None,
-) -> Dict[str, float]:
+    label_names: Sequence[str] | None = None,
+) -> dict[str, float]:
     """CP, CR, CF1, CF1_harmonic, OP, OR, OF1 in percent for predictions ``scores > threshold``.
 
     ``CF1`` is the mean of per-class F1 (the authors' convention), ``CF1_harmonic`` is ``2 CP CR / (CP + CR)``.
@@ -265,8 +265,8 @@ def threshold_metrics(
 
 
 def evaluate(
-    scores: Any, targets: Any, *, threshold: float = 0.5, label_names: Optional[Sequence[str]] = None
-) -> Dict[str, Any]:
+    scores: Any, targets: Any, *, threshold: float = 0.5, label_names: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Every metric of the paper's tables for ``scores [N, C]`` (probabilities) against ``targets [N, C]``.
 
     Returns ``mAP`` (VOC, %), ``mAP_sklearn`` (%), the :func:`threshold_metrics` keys, the same keys for the
@@ -281,11 +281,11 @@ def evaluate(
     ap = np.full(s.shape[1], np.nan)
     ap[keep] = 100.0 * _per_class_ap(s[:, keep], t[:, keep], "voc")
     ap_sk = 100.0 * _per_class_ap(s[:, keep], t[:, keep], "sklearn")
-    results: Dict[str, Any] = {"mAP": float(ap[keep].mean()), "mAP_sklearn": float(ap_sk.mean())}
+    results: dict[str, Any] = {"mAP": float(ap[keep].mean()), "mAP_sklearn": float(ap_sk.mean())}
     results.update(_threshold_metrics(s, t, keep, float(threshold), None))
     top3 = _threshold_metrics(s, t, keep, float(threshold), 3)
     results.update({f"{k}_top3": v for k, v in top3.items()})
-    per_class: Union[Dict[str, float], List[float]] = [float(v) for v in ap]
+    per_class: dict[str, float] | list[float] = [float(v) for v in ap]
     if names is not None:
         per_class = dict(zip(names, per_class))
     results.update(
@@ -298,7 +298,7 @@ def evaluate(
     return results
 
 
-def format_table(results: Dict[str, Any]) -> str:
+def format_table(results: dict[str, Any]) -> str:
     """The paper's table row: ``mAP | CP CR CF1 OP OR OF1 | top-3 CP CR CF1 OP OR OF1``, one decimal."""
     cols = ("CP", "CR", "CF1", "OP", "OR", "OF1")
     keys = ["mAP", *cols, *(f"{c}_top3" for c in cols)]

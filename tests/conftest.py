@@ -5,6 +5,7 @@ an empty, per-test cache; ``hub_offline`` switches ``HF_HUB_OFFLINE`` on or off.
 already-imported ``huggingface_hub.constants`` (read at call time in huggingface_hub 2.x) *and* the
 environment, so that subprocesses started by a test (CLI, ``torch.hub``) see the same settings.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Small synthetic Fashion-MNIST files in the original IDX format, so tests need neither the real data nor time."""
+
 from __future__ import annotations
 
 import gzip
@@ -26,6 +27,6 @@ def write_banded_fashion(root: Path, n_train: int, n_test: int) -> Path:
         labels = np.arange(n) % 10
         images = rng.integers(0, 60, (n, 28, 28))
         for i, c in enumerate(labels):
-            images[i, 2 * c:2 * c + 8] += 180
+            images[i, 2 * c : 2 * c + 8] += 180
         write_split(root, prefix, images, labels)
     return root

@@ -16,6 +16,7 @@ of what users run. ``FakeHub`` lets the *real* client talk to ``http://127.0.0.1
 It never sends Xet headers (``X-Xet-Hash``...), which would switch the client to the Xet protocol.
 ``snapshot_download`` is not supported (it also needs the ``/api/models`` routes).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,8 +92,9 @@ class FakeHub:
             self._server = ThreadingHTTPServer((self.host, 0), _make_handler(self))
             self._server.daemon_threads = True
             # A short poll interval keeps stop() (called by every test's teardown) fast.
-            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), name="FakeHub",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(0.02,), name="FakeHub", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -215,8 +217,11 @@ class FakeHub:
             f = repo.commits[commit].get(filename)
             if f is None:
                 # X-Repo-Commit lets the client cache the absence under .no_exist/<commit>/.
-                return 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found",
-                             "X-Repo-Commit": commit}, b""
+                return (
+                    404,
+                    {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found", "X-Repo-Commit": commit},
+                    b"",
+                )
             headers = {"X-Repo-Commit": commit, "ETag": f'"{f.git_sha1}"'}
             if f.lfs:
                 headers.update(self._lfs_headers(f))
@@ -225,10 +230,18 @@ class FakeHub:
             return 200, headers, f.blob
 
     def _blob(self, path: str) -> tuple[int, dict[str, str], bytes]:
-        sha256 = path[len(_BLOB_PREFIX):]
+        sha256 = path[len(_BLOB_PREFIX) :]
         with self._lock:
-            owner = next(((c, f) for r in self._repos.values() for c, files in r.commits.items()
-                          for f in files.values() if f.lfs and f.sha256 == sha256), None)
+            owner = next(
+                (
+                    (c, f)
+                    for r in self._repos.values()
+                    for c, files in r.commits.items()
+                    for f in files.values()
+                    if f.lfs and f.sha256 == sha256
+                ),
+                None,
+            )
             if owner is None:
                 return 404, {}, b""
             commit, f = owner
@@ -280,7 +293,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     if hub._released.wait(hub.trickle_interval) or time.monotonic() - started > _STALL_MAX_S:
                         return
                     try:
-                        self.wfile.write(body[i:i + 1])
+                        self.wfile.write(body[i : i + 1])
                         self.wfile.flush()
                     except OSError:  # the client gave up
                         return

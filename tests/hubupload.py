@@ -26,6 +26,7 @@ so ``hf_hub_download`` serves them at the new commit; files matching the Hub's d
 (``.gitattributes``) are served as LFS files (302 to the blob host), as the Hub does. Writes need an
 ``Authorization: Bearer …`` header (401 otherwise), like the Hub.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,8 +43,21 @@ from hubserver import FakeHub
 
 __all__ = ["Commit", "HubUploads"]
 
-GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in (
-    "*.bin", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.pt", "*.pth", "*.safetensors", "*.tar", "*.zip"))
+GITATTRIBUTES = "".join(
+    f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
+    for pattern in (
+        "*.bin",
+        "*.ckpt",
+        "*.h5",
+        "*.msgpack",
+        "*.onnx",
+        "*.pt",
+        "*.pth",
+        "*.safetensors",
+        "*.tar",
+        "*.zip",
+    )
+)
 _LFS_PATTERNS = tuple(line.split()[0] for line in GITATTRIBUTES.splitlines())
 _REPO_ROUTE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<action>preupload|commit|revision)/(?P<rev>.+))?$")
 
@@ -114,18 +128,27 @@ class HubUploads:
     @staticmethod
     def _authorised(headers: dict[str, str]) -> Answer | None:
         if not headers.get("authorization", "").startswith("Bearer "):
-            return _json(401, {"error": "Invalid credentials in Authorization header"},
-                         **{"X-Error-Message": "Invalid credentials in Authorization header"})
+            return _json(
+                401,
+                {"error": "Invalid credentials in Authorization header"},
+                **{"X-Error-Message": "Invalid credentials in Authorization header"},
+            )
         return None
 
     def _head(self, repo_id: str, revision: str) -> tuple[str | None, Answer | None]:
         if repo_id not in self.private:
-            return None, _json(404, {"error": "Repository not found"},
-                               **{"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+            return None, _json(
+                404,
+                {"error": "Repository not found"},
+                **{"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
+            )
         commit = self.heads.get((repo_id, revision), revision if revision in self.trees else None)
         if commit is None:
-            return None, _json(404, {"error": f"Invalid rev id: {revision}"},
-                               **{"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"})
+            return None, _json(
+                404,
+                {"error": f"Invalid rev id: {revision}"},
+                **{"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"},
+            )
         return commit, None
 
     # ------------------------------------------------------------------ endpoints
@@ -165,8 +188,10 @@ class HubUploads:
             if error:
                 return error
             tree = self.trees[commit]
-            files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": tree.get(f["path"])}
-                     for f in payload["files"]]
+            files = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": tree.get(f["path"])}
+                for f in payload["files"]
+            ]
         return _json(200, {"files": files, "commitOid": commit})
 
     def _commit(self, repo_id: str, revision: str, body: bytes) -> Answer:
@@ -177,8 +202,13 @@ class HubUploads:
         for line in lines[1:]:
             value = line.get("value", {})
             if line.get("key") != "file" or value.get("encoding") != "base64":
-                return _json(400, {"error": f"FakeHub accepts inline base64 files only, got {line.get('key')!r} "
-                                            f"for {value.get('path')!r}"})
+                return _json(
+                    400,
+                    {
+                        "error": f"FakeHub accepts inline base64 files only, got {line.get('key')!r} "
+                        f"for {value.get('path')!r}"
+                    },
+                )
             files[value["path"]] = base64.b64decode(value["content"])
         if not files:
             return _json(400, {"error": "empty commit"})
@@ -208,8 +238,14 @@ class HubUploads:
         tree = dict(self.trees.get(parent, {}))
         for path, content in files.items():
             # add_file with a new commit copies the branch's previous files into it, as a git commit would.
-            self.hub.add_file(repo_id, path, content, revision=branch, commit=oid,
-                              lfs=any(fnmatch.fnmatch(path, p) for p in _LFS_PATTERNS))
+            self.hub.add_file(
+                repo_id,
+                path,
+                content,
+                revision=branch,
+                commit=oid,
+                lfs=any(fnmatch.fnmatch(path, p) for p in _LFS_PATTERNS),
+            )
             tree[path] = _git_oid(content)
         self.trees[oid] = tree
         self.heads[(repo_id, branch)] = oid

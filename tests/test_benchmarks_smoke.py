@@ -3,6 +3,7 @@
 The scripts are run in-process through their ``main(argv)`` (importing torch and sadcl once for all), with
 one intra-op thread so that a busy machine does not slow them down; the thread count is restored after.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -50,12 +51,16 @@ def test_bench_losses(tmp_path, one_thread):
     if check["method"] == "VmHWM after clear_refs":
         assert 7.5 <= check["measured_extra_peak_mib"] <= 9.0
     rows = {(r["config"], r["loss"]): r for r in data["results"]}
-    assert set(rows) == {(c, l) for c in ("coco", "vg500") for l in ("sample_fixed", "sample_official", "prototype")}
+    assert set(rows) == {
+        (c, loss) for c in ("coco", "vg500") for loss in ("sample_fixed", "sample_official", "prototype")
+    }
     for (config, loss), r in rows.items():
         assert r["time_ours"]["median_s"] > 0 and r["time_ours"]["n"] == 2
         assert r["memory_ours"]["extra_peak_mib"] >= 0
         if config == "coco":
-            assert r["agreement"]["value_rel_diff"] < 1e-4 and r["agreement"]["grad_max_abs_diff_rel_to_max_grad"] < 1e-4
+            assert (
+                r["agreement"]["value_rel_diff"] < 1e-4 and r["agreement"]["grad_max_abs_diff_rel_to_max_grad"] < 1e-4
+            )
             assert r["speedup"] > 0 and "memory_dense" in r
             assert ("targets" in r) == loss.startswith("sample")
         else:

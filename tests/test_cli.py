@@ -1,4 +1,7 @@
 """The `sadcl` command end to end: list, info, predict, and clear failures on bad input."""
+
+from __future__ import annotations
+
 import json
 import subprocess
 import sys
@@ -52,7 +55,9 @@ def image_dir(tmp_path):
 
 def test_predict_json_matches_library(tiny_checkpoint, image_dir):
     model, ckpt = tiny_checkpoint
-    out = run_cli("predict", "--model", "sadcl_tiny", "--checkpoint", str(ckpt), "--top-k", "2", "--json", str(image_dir))
+    out = run_cli(
+        "predict", "--model", "sadcl_tiny", "--checkpoint", str(ckpt), "--top-k", "2", "--json", str(image_dir)
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert len(res) == 3
@@ -65,19 +70,37 @@ def test_predict_json_matches_library(tiny_checkpoint, image_dir):
 def test_predict_text_with_threshold_and_progress(tiny_checkpoint, image_dir, capsys):
     _, ckpt = tiny_checkpoint
     files = [str(p) for p in sorted(image_dir.iterdir())]
-    assert main(["predict", "--model", "sadcl_tiny", "--checkpoint", str(ckpt), "--threshold", "0.99",
-                 "--batch-size", "1", *files]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                "sadcl_tiny",
+                "--checkpoint",
+                str(ckpt),
+                "--threshold",
+                "0.99",
+                "--batch-size",
+                "1",
+                *files,
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 3 and "(no label above threshold)" in captured.out
     assert "predict" in captured.err  # the progress bar, shown for more files than one batch
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["predict", "--model", "sadcl_tiny", "--checkpoint", "CKPT", "nope.png"], "nope.png"),
-    (["predict", "--model", "sadcl_nope", "x.png"], "Unknown SADCL model"),
-    (["predict", "--model", "sadcl_coco_448", "x.png"], "No checkpoint has been published"),
-    (["info", "sadcl_cocoo_448"], "Did you mean"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["predict", "--model", "sadcl_tiny", "--checkpoint", "CKPT", "nope.png"], "nope.png"),
+        (["predict", "--model", "sadcl_nope", "x.png"], "Unknown SADCL model"),
+        (["predict", "--model", "sadcl_coco_448", "x.png"], "No checkpoint has been published"),
+        (["info", "sadcl_cocoo_448"], "Did you mean"),
+    ],
+)
 def test_bad_input_exits_non_zero_with_a_clear_message(args, needle, tiny_checkpoint, capsys):
     _, ckpt = tiny_checkpoint
     assert main([str(ckpt) if a == "CKPT" else a for a in args]) == 2

@@ -1,4 +1,7 @@
 """The authors' SADCL and Query2Label checkpoints → our SADCL: key mapping, exactness, strictness, safety."""
+
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -33,11 +36,13 @@ def authors_state_dict(model: sadcl.SADCL, *, memory_rows: int = 4, prefix: str 
     """``model``'s weights in the authors' layout, key for key as in official_keys.txt [A]."""
     d = model.hidden_dim
     side = model.config["img_size"] // 32
-    sd = {"memorybank": torch.randn(memory_rows, model.num_classes, d),
-          "prototype": model.prototypes.detach().clone()[None]}
+    sd = {
+        "memorybank": torch.randn(memory_rows, model.num_classes, d),
+        "prototype": model.prototypes.detach().clone()[None],
+    }
     for key, value in model.state_dict().items():
         if key.startswith("backbone."):
-            sd["backbone.0.body." + key[len("backbone."):]] = value.clone()
+            sd["backbone.0.body." + key[len("backbone.") :]] = value.clone()
     sd["backbone.1.pe"] = sine_position_encoding(side, side, d)[None]
     rest = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.") and k != "prototypes"}
     sd.update(rest)
@@ -46,8 +51,10 @@ def authors_state_dict(model: sadcl.SADCL, *, memory_rows: int = 4, prefix: str 
 
 def training_checkpoint(state_dict: dict) -> dict:
     """What the authors' main_worker saves (REFERENCE.md b.4)."""
-    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
-                 "param_groups": [{"lr": 5e-5, "weight_decay": 1e-2, "params": [0]}]}
+    optimizer = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
+        "param_groups": [{"lr": 5e-5, "weight_decay": 1e-2, "params": [0]}],
+    }
     return {"epoch": 7, "arch": "resnet101", "state_dict": state_dict, "best_mAP": 85.67, "optimizer": optimizer}
 
 
@@ -98,7 +105,7 @@ def test_convert_writes_our_safetensors_with_config(tmp_path):
 
 def test_query2label_checkpoint_loads_strictly_and_says_what_is_initialised(tmp_path):
     source = tiny(0)
-    q2l = {k: v for k, v in authors_state_dict(source).items() if not k[len("module."):].startswith(Q2L_ABSENT)}
+    q2l = {k: v for k, v in authors_state_dict(source).items() if not k[len("module.") :].startswith(Q2L_ABSENT)}
     path = tmp_path / "checkpoint.pkl"
     torch.save({"state_dict": q2l}, path)
     target = tiny(1)
@@ -109,8 +116,13 @@ def test_query2label_checkpoint_loads_strictly_and_says_what_is_initialised(tmp_
         report = load_official_checkpoint(target, path, strict=True)
 
     assert report.kind == "query2label" and report.ok
-    assert report.initialised == ["proj_head.layers.0.bias", "proj_head.layers.0.weight",
-                                  "proj_head.layers.1.bias", "proj_head.layers.1.weight", "prototypes"]
+    assert report.initialised == [
+        "proj_head.layers.0.bias",
+        "proj_head.layers.0.weight",
+        "proj_head.layers.1.bias",
+        "proj_head.layers.1.weight",
+        "prototypes",
+    ]
     assert report.dropped == {"backbone.1.pe": report.dropped["backbone.1.pe"]}
     assert "left at initialisation (5)" in str(report)
     assert torch.equal(target.proj_head.layers[0].weight, head_before)

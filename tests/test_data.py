@@ -1,4 +1,7 @@
 """Image loading, the multi-label datasets and the recipe's transforms (sadcl.data)."""
+
+from __future__ import annotations
+
 import json
 import random
 
@@ -8,6 +11,7 @@ import torch
 from PIL import Image
 
 from sadcl.data import (
+    RANDAUGMENT_OPS,
     VOC_CLASSES,
     CocoDataset,
     CSVDataset,
@@ -15,7 +19,6 @@ from sadcl.data import (
     FolderDataset,
     ImageLoadError,
     MultiScaleCrop,
-    RANDAUGMENT_OPS,
     RandAugment,
     VOCDataset,
     eval_transform,
@@ -184,11 +187,18 @@ def test_coco_dataset(tmp_path):
     for name in ("1.jpg", "2.jpg", "3.jpg"):
         _save(tmp_path / "img" / name)
     coco = {
-        "images": [{"id": 30, "file_name": "3.jpg"}, {"id": 10, "file_name": "1.jpg"},
-                   {"id": 20, "file_name": "2.jpg"}],
+        "images": [
+            {"id": 30, "file_name": "3.jpg"},
+            {"id": 10, "file_name": "1.jpg"},
+            {"id": 20, "file_name": "2.jpg"},
+        ],
         "categories": [{"id": 7, "name": "zebra"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}],
-        "annotations": [{"id": 1, "image_id": 10, "category_id": 7}, {"id": 2, "image_id": 10, "category_id": 1},
-                        {"id": 3, "image_id": 30, "category_id": 3}, {"id": 4, "image_id": 30, "category_id": 3}],
+        "annotations": [
+            {"id": 1, "image_id": 10, "category_id": 7},
+            {"id": 2, "image_id": 10, "category_id": 1},
+            {"id": 3, "image_id": 30, "category_id": 3},
+            {"id": 4, "image_id": 30, "category_id": 3},
+        ],
     }
     (tmp_path / "inst.json").write_text(json.dumps(coco))
     ds = CocoDataset(tmp_path / "inst.json", tmp_path / "img")
@@ -275,9 +285,24 @@ def test_multiscale_crop_candidates_and_offsets():
     assert {w for w, _ in msc.crop_sizes(510, 510)} == {510, 448, 382, 336, 255}
     offsets = MultiScaleCrop.fixed_offsets(512, 512, 256, 384)
     assert len(offsets) == 13 and len(set(offsets)) == 13
-    assert set(offsets) == {(64 * a, 32 * b) for a, b in
-                            [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
-                             (1, 1), (3, 1), (1, 3), (3, 3)]}
+    assert set(offsets) == {
+        (64 * a, 32 * b)
+        for a, b in [
+            (0, 0),
+            (4, 0),
+            (0, 4),
+            (4, 4),
+            (2, 2),
+            (0, 2),
+            (4, 2),
+            (2, 4),
+            (2, 0),
+            (1, 1),
+            (3, 1),
+            (1, 3),
+            (3, 3),
+        ]
+    }
     random.seed(0)
     seen = set()
     for _ in range(3000):

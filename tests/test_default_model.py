@@ -1,4 +1,8 @@
-"""The shipped default model `sadcl_fashion_mosaic`: packaged, verified, offline, through the Hub, sensible predictions."""
+"""The shipped default model `sadcl_fashion_mosaic`: packaged, verified, offline, through the Hub, sensible
+predictions."""
+
+from __future__ import annotations
+
 import csv
 import json
 from pathlib import Path
@@ -36,8 +40,19 @@ def test_loads_through_the_hub(fake_hub, tmp_path, monkeypatch):
     record = load_weights_table()[NAME]
     data = record.packaged_path.read_bytes()
     commit = fake_hub.add_file(record.hf_hub_id, record.filename, data)
-    table = {"schema": 1, "weights": {NAME: dict(hf_hub_id=record.hf_hub_id, filename=record.filename, revision=commit,
-                                                 sha256=record.sha256, size=record.size, file=None)}}
+    table = {
+        "schema": 1,
+        "weights": {
+            NAME: dict(
+                hf_hub_id=record.hf_hub_id,
+                filename=record.filename,
+                revision=commit,
+                sha256=record.sha256,
+                size=record.size,
+                file=None,
+            )
+        },
+    }
     (tmp_path / "weights.json").write_text(json.dumps(table))
     monkeypatch.setenv("SADCL_WEIGHTS_JSON", str(tmp_path / "weights.json"))
     downloaded = sadcl.create_model(NAME, pretrained=True).eval()

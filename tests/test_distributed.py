@@ -20,6 +20,7 @@ Measured (lr 3e-3, 4 steps, weights moving by ≈ 6e-3): ≤ 1.5e-5 on weights, 
 whose backward does not sum over ranks changes the contrastive gradient by a factor 2 relative to ASL's and
 the losses from the second step on, far beyond them.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,12 +32,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from fakedata import write_banded_fashion
+
 from sadcl.data import MosaicDataset, eval_transform
 from sadcl.train.checkpoint import load_training_checkpoint
-from sadcl.train.distributed import ShardedBatchSampler, ShardSampler, gather_strided
 from sadcl.train.config import TrainConfig
+from sadcl.train.distributed import ShardedBatchSampler, ShardSampler, gather_strided
 from sadcl.train.trainer import Trainer, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::sadcl.metrics.NoPositiveClassWarning")
@@ -53,9 +54,20 @@ def make_datasets(root: Path):
 
 
 def make_config(out: Path, **kw) -> TrainConfig:
-    return TrainConfig(output_dir=str(out), model="sadcl_tiny", img_size=SIZE, epochs=2, batch_size=8, lr=3e-3,
-                       model_args=dict(hidden_dim=32, ffn_dim=32, proj_dim=16, dropout=0.0), memory_threshold=0.0,
-                       num_workers=0, log_interval=1, progress=False, **kw)
+    return TrainConfig(
+        output_dir=str(out),
+        model="sadcl_tiny",
+        img_size=SIZE,
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        model_args=dict(hidden_dim=32, ffn_dim=32, proj_dim=16, dropout=0.0),
+        memory_threshold=0.0,
+        num_workers=0,
+        log_interval=1,
+        progress=False,
+        **kw,
+    )
 
 
 def _worker(rank: int, world: int, root: str, out: str, init_file: str) -> None:
@@ -67,8 +79,9 @@ def _worker(rank: int, world: int, root: str, out: str, init_file: str) -> None:
 
 
 def run_two_processes(root: Path, out: Path, init_file: Path, timeout_s: float = 120.0) -> None:
-    ctx = mp.start_processes(_worker, args=(2, str(root), str(out), str(init_file)), nprocs=2, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _worker, args=(2, str(root), str(out), str(init_file)), nprocs=2, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + timeout_s
     try:
         while not ctx.join(timeout=1):
@@ -85,7 +98,7 @@ def comparable(state: dict, key: str) -> torch.Tensor:
     v = state[key]
     if key.endswith("in_proj_bias"):
         d = v.shape[0] // 3
-        v = torch.cat([v[:d], v[2 * d:]])
+        v = torch.cat([v[:d], v[2 * d :]])
     return v
 
 
@@ -116,8 +129,9 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
     for name in ("model", "ema"):
         assert one[name].keys() == two[name].keys()
         for k in one[name]:
-            torch.testing.assert_close(comparable(two[name], k), comparable(one[name], k), rtol=0,
-                                       atol=WEIGHT_ATOL, msg=f"{name} {k}")
+            torch.testing.assert_close(
+                comparable(two[name], k), comparable(one[name], k), rtol=0, atol=WEIGHT_ATOL, msg=f"{name} {k}"
+            )
     # Per-process banks side by side = the one-process bank (slot i ↔ position i of the global batch).
     torch.testing.assert_close(torch.cat(two["banks"]), one["banks"][0], rtol=0, atol=BANK_ATOL)
     assert not torch.equal(one["banks"][0][0], one["banks"][0][1])  # embeddings were written, not only prototypes

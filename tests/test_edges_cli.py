@@ -1,5 +1,6 @@
 """Edges of the command line and of predictions: one clear line for any failure, in the CLI's words; predict
 --skip-bad; NaN never in JSON; options checked at the door; label names printed safely (docs/SECURITY.md)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,19 +90,23 @@ def _command(monkeypatch, run):
 def _raise(error: BaseException):
     def run(args):
         raise error
+
     return run
 
 
 # -- 1. any exception: one line, exit 2 ---------------------------------------------------------------------
-@pytest.mark.parametrize("error,needles", [
-    (IndexError("tuple index out of range"), ["IndexError: tuple index out of range", "SADCL_DEBUG=1"]),
-    (AttributeError("'int' object has no attribute 'get'"), ["AttributeError", "SADCL_DEBUG=1"]),
-    (MemoryError(), ["MemoryError", "(no message)"]),
-    (KeyError("label_names"), ["KeyError: label_names"]),
-    (KeyError("variant 'x' is not in weights.json"), ["variant 'x' is not in weights.json"]),
-    (ZeroDivisionError("division by zero"), ["ZeroDivisionError"]),
-    (ValueError("bad value\x1b[2J"), ["bad value\\x1b[2J"]),
-])
+@pytest.mark.parametrize(
+    "error,needles",
+    [
+        (IndexError("tuple index out of range"), ["IndexError: tuple index out of range", "SADCL_DEBUG=1"]),
+        (AttributeError("'int' object has no attribute 'get'"), ["AttributeError", "SADCL_DEBUG=1"]),
+        (MemoryError(), ["MemoryError", "(no message)"]),
+        (KeyError("label_names"), ["KeyError: label_names"]),
+        (KeyError("variant 'x' is not in weights.json"), ["variant 'x' is not in weights.json"]),
+        (ZeroDivisionError("division by zero"), ["ZeroDivisionError"]),
+        (ValueError("bad value\x1b[2J"), ["bad value\\x1b[2J"]),
+    ],
+)
 def test_any_exception_is_one_line_exit_2(monkeypatch, capsys, tmp_path, error, needles):
     before = snapshot(tmp_path)
     _command(monkeypatch, _raise(error))
@@ -121,9 +125,11 @@ def test_sadcl_debug_keeps_the_traceback(monkeypatch):
 
 
 def test_dataloader_worker_traceback_becomes_its_last_line(monkeypatch, capsys):
-    message = ("Caught FileNotFoundError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-               "last):\n  File \"/x/worker.py\", line 308, in _worker_loop\n    data = fetcher.fetch(index)\n"
-               "FileNotFoundError: cannot load image imgs/missing.png: file not found\n")
+    message = (
+        "Caught FileNotFoundError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "/x/worker.py", line 308, in _worker_loop\n    data = fetcher.fetch(index)\n'
+        "FileNotFoundError: cannot load image imgs/missing.png: file not found\n"
+    )
     _command(monkeypatch, _raise(FileNotFoundError(message)))
     assert main(["list"]) == 2
     line = one_error_line(capsys.readouterr().err, "list", "imgs/missing.png")
@@ -132,13 +138,16 @@ def test_dataloader_worker_traceback_becomes_its_last_line(monkeypatch, capsys):
 
 def test_a_393_kb_message_is_cut_and_verbose_prints_it_all(monkeypatch, capsys):
     keys = ", ".join(f"backbone.layer{i}.weight" for i in range(20000))
-    message = (f"Cannot map x.pth onto SADCL:\n  checkpoint keys with no model key (20000): {keys}\n"
-               "Build the model with the checkpoint's architecture, or pass strict=False to load what matches.")
+    message = (
+        f"Cannot map x.pth onto SADCL:\n  checkpoint keys with no model key (20000): {keys}\n"
+        "Build the model with the checkpoint's architecture, or pass strict=False to load what matches."
+    )
     assert len(message) > 390_000
     _command(monkeypatch, _raise(ValueError(message)))
     assert main(["list"]) == 2
-    line = one_error_line(capsys.readouterr().err, "list", "Cannot map x.pth", "--verbose shows the full message",
-                          "to load what matches")  # the head and the advice at the end survive
+    line = one_error_line(
+        capsys.readouterr().err, "list", "Cannot map x.pth", "--verbose shows the full message", "to load what matches"
+    )  # the head and the advice at the end survive
     assert len(line) < 600
     for argv in (["--verbose", "list"], ["list", "--verbose"]):  # before or after the command
         assert main(argv) == 2
@@ -148,15 +157,21 @@ def test_a_393_kb_message_is_cut_and_verbose_prints_it_all(monkeypatch, capsys):
 
 def test_details_are_printed_only_with_verbose(monkeypatch, capsys):
     """The pattern for long supporting text: ``raise with_details(ValueError(short), long)``."""
-    _command(monkeypatch, _raise(with_details(ValueError("wrong variant: the file records sadcl_voc_448"),
-                                              "missing keys:\nfc.W\nfc.b")))
+    _command(
+        monkeypatch,
+        _raise(with_details(ValueError("wrong variant: the file records sadcl_voc_448"), "missing keys:\nfc.W\nfc.b")),
+    )
     assert main(["list"]) == 2
     line = one_error_line(capsys.readouterr().err, "list", "sadcl_voc_448", "--verbose shows the details")
     assert "fc.W" not in line
     assert main(["list", "--verbose"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == ["sadcl list: error: wrong variant: the file records sadcl_voc_448", "missing keys:",
-                                "fc.W", "fc.b"]
+    assert err.splitlines() == [
+        "sadcl list: error: wrong variant: the file records sadcl_voc_448",
+        "missing keys:",
+        "fc.W",
+        "fc.b",
+    ]
 
 
 def test_verbose_is_not_passed_on_as_a_command_option(monkeypatch):
@@ -165,16 +180,21 @@ def test_verbose_is_not_passed_on_as_a_command_option(monkeypatch):
     def run(args):
         seen.update(vars(args))
         return 0
+
     _command(monkeypatch, run)
     assert main(["--verbose", "list", "--verbose"]) == 0
     assert "verbose" not in seen and seen["command"] == "list"
 
 
 # -- missing extras ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("module,hint", [
-    ("matplotlib", "pip install 'sadcl[viz]'"), ("onnxruntime", "pip install 'sadcl[onnx]'"),
-    ("sklearn", "pip install scikit-learn"),
-])
+@pytest.mark.parametrize(
+    "module,hint",
+    [
+        ("matplotlib", "pip install 'sadcl[viz]'"),
+        ("onnxruntime", "pip install 'sadcl[onnx]'"),
+        ("sklearn", "pip install scikit-learn"),
+    ],
+)
 def test_missing_optional_module_names_the_pip_install(monkeypatch, capsys, module, hint):
     _command(monkeypatch, _raise(ModuleNotFoundError(f"No module named '{module}'", name=module)))
     assert main(["list"]) == 2
@@ -194,7 +214,8 @@ def test_optional_module_table_matches_pyproject():
     import tomllib
 
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     for module, (dist, extra) in cli._OPTIONAL_MODULES.items():
         if extra is not None:
             assert any(req.split(">")[0].split("=")[0].strip() == dist for req in extras[extra]), (module, extra)
@@ -210,8 +231,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("client", ["huggingface_hub", "requests"])
-def test_connection_error_names_the_endpoint_and_offline_setting(monkeypatch, capsys, client, hub_offline,
-                                                                 hf_cache):
+def test_connection_error_names_the_endpoint_and_offline_setting(monkeypatch, capsys, client, hub_offline, hf_cache):
     hub_offline(False)
     port = _closed_port()
 
@@ -223,10 +243,16 @@ def test_connection_error_names_the_endpoint_and_offline_setting(monkeypatch, ca
         from huggingface_hub import HfApi
 
         HfApi(endpoint=f"http://127.0.0.1:{port}").model_info("org/name", timeout=2)
+
     _command(monkeypatch, run)
     assert main(["list"]) == 2
-    one_error_line(capsys.readouterr().err, "list", f"cannot reach http://127.0.0.1:{port}",
-                   "HF_HUB_OFFLINE is not set", "HF_HUB_OFFLINE=1")
+    one_error_line(
+        capsys.readouterr().err,
+        "list",
+        f"cannot reach http://127.0.0.1:{port}",
+        "HF_HUB_OFFLINE is not set",
+        "HF_HUB_OFFLINE=1",
+    )
 
 
 def test_offline_mode_error_says_offline_is_set(monkeypatch, capsys, hub_offline, hf_cache):
@@ -239,25 +265,49 @@ def test_offline_mode_error_says_offline_is_set(monkeypatch, capsys, hub_offline
 
 
 # -- 2. the CLI's words -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command,message,expected", [
-    ("convert", "Cannot map x. Build the model with its architecture, or pass strict=False to load what matches.",
-     "Cannot map x. Build the model with its architecture, or pass --non-strict to load what matches."),
-    ("predict", "no weights in the cache; pass checkpoint_path=<file>.", "no weights in the cache; pass --checkpoint FILE."),
-    ("predict", "point HF_HUB_CACHE/cache_dir at a cache that holds it", "point HF_HUB_CACHE at a cache that holds it"),
-    ("predict", "give cache_dir= a folder", "give HF_HUB_CACHE=DIR a folder"),
-    ("predict", "top_k=0 and batch_size=0 are invalid", "--top-k 0 and --batch-size 0 are invalid"),
-    ("train", "give either pretrained=True or checkpoint=..., not both",
-     "give either --pretrained or --checkpoint FILE, not both"),
-    ("train", "output_dir=runs/x exists", "--output runs/x exists"),
-    # code keeps Python's words; keywords without an option of this command stay; paths and URLs are left alone
-    ("predict", "use create_model(<variant>, checkpoint_path=...) instead",
-     "use create_model(<variant>, checkpoint_path=...) instead"),
-    ("predict", "run `sadcl.predict(m, x, top_k=3)`", "run `sadcl.predict(m, x, top_k=3)`"),
-    ("predict", "pass strict=False", "pass strict=False"),
-    ("convert", "load it with torch.load(path, weights_only=False)", "load it with torch.load(path, weights_only=False)"),
-    ("predict", "cannot load image /data/top_k=3/x.png", "cannot load image /data/top_k=3/x.png"),
-    ("push", "see https://hub/api?revision=main", "see https://hub/api?revision=main"),
-])
+@pytest.mark.parametrize(
+    "command,message,expected",
+    [
+        (
+            "convert",
+            "Cannot map x. Build the model with its architecture, or pass strict=False to load what matches.",
+            "Cannot map x. Build the model with its architecture, or pass --non-strict to load what matches.",
+        ),
+        (
+            "predict",
+            "no weights in the cache; pass checkpoint_path=<file>.",
+            "no weights in the cache; pass --checkpoint FILE.",
+        ),
+        (
+            "predict",
+            "point HF_HUB_CACHE/cache_dir at a cache that holds it",
+            "point HF_HUB_CACHE at a cache that holds it",
+        ),
+        ("predict", "give cache_dir= a folder", "give HF_HUB_CACHE=DIR a folder"),
+        ("predict", "top_k=0 and batch_size=0 are invalid", "--top-k 0 and --batch-size 0 are invalid"),
+        (
+            "train",
+            "give either pretrained=True or checkpoint=..., not both",
+            "give either --pretrained or --checkpoint FILE, not both",
+        ),
+        ("train", "output_dir=runs/x exists", "--output runs/x exists"),
+        # code keeps Python's words; keywords without an option of this command stay; paths and URLs are left alone
+        (
+            "predict",
+            "use create_model(<variant>, checkpoint_path=...) instead",
+            "use create_model(<variant>, checkpoint_path=...) instead",
+        ),
+        ("predict", "run `sadcl.predict(m, x, top_k=3)`", "run `sadcl.predict(m, x, top_k=3)`"),
+        ("predict", "pass strict=False", "pass strict=False"),
+        (
+            "convert",
+            "load it with torch.load(path, weights_only=False)",
+            "load it with torch.load(path, weights_only=False)",
+        ),
+        ("predict", "cannot load image /data/top_k=3/x.png", "cannot load image /data/top_k=3/x.png"),
+        ("push", "see https://hub/api?revision=main", "see https://hub/api?revision=main"),
+    ],
+)
 def test_library_keywords_read_as_cli_options(command, message, expected):
     assert _cli_words(message, build_parser().commands[command]) == expected
 
@@ -339,6 +389,7 @@ def nan_for_first_image(monkeypatch):
         out = forward(self, x).clone()
         out[0] = math.nan
         return out
+
     monkeypatch.setattr(SADCL, "forward", broken)
 
 
@@ -351,6 +402,7 @@ def test_predict_json_prints_null_for_nan_and_warns(tiny, images, tmp_path, caps
 
     def no_constants(name):
         raise AssertionError(f"{name} in JSON output")
+
     res = json.loads(captured.out, parse_constant=no_constants)
     assert set(res[good[0]].values()) == {None}
     assert all(isinstance(v, float) for v in res[good[1]].values())
@@ -368,18 +420,29 @@ def test_library_predict_sorts_nan_last_and_warns(tiny, images, monkeypatch):
         out = forward(self, x).clone()
         out[:, ::2] = math.nan
         return out
+
     monkeypatch.setattr(SADCL, "forward", half_nan)
     with pytest.warns(NonFiniteScoreWarning, match="a.png"):
         res = sadcl.predict(model, images / "a.png")[0]
     scores = list(res.values())
     finite = [s for s in scores if not math.isnan(s)]
-    assert scores[:len(finite)] == sorted(finite, reverse=True) and all(math.isnan(s) for s in scores[len(finite):])
+    assert scores[: len(finite)] == sorted(finite, reverse=True) and all(math.isnan(s) for s in scores[len(finite) :])
 
 
-@pytest.mark.parametrize("option,value", [
-    ("--threshold", "nan"), ("--threshold", "inf"), ("--threshold", "-0.1"), ("--threshold", "1.5"),
-    ("--threshold", "high"), ("--top-k", "0"), ("--top-k", "-2"), ("--top-k", "2.5"), ("--batch-size", "0"),
-])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--threshold", "nan"),
+        ("--threshold", "inf"),
+        ("--threshold", "-0.1"),
+        ("--threshold", "1.5"),
+        ("--threshold", "high"),
+        ("--top-k", "0"),
+        ("--top-k", "-2"),
+        ("--top-k", "2.5"),
+        ("--batch-size", "0"),
+    ],
+)
 def test_predict_options_are_checked_at_the_door(tmp_path, capsys, option, value):
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
@@ -401,14 +464,35 @@ def test_argparse_errors_are_one_line(capsys):
 
 
 # -- 5. label names printed safely ----------------------------------------------------------------------------------
-HOSTILE = ["ok", "esc\x1b[31mred\x1b[0m", "new\nline", "tab\tbed", "c1\x9b2J", "bidi\u202eevil", "nul\x00",
-           "zw\u200bsp", "ls\u2028ps", "caf\u00e9 \u732b", "bell\x07"]
+HOSTILE = [
+    "ok",
+    "esc\x1b[31mred\x1b[0m",
+    "new\nline",
+    "tab\tbed",
+    "c1\x9b2J",
+    "bidi\u202eevil",
+    "nul\x00",
+    "zw\u200bsp",
+    "ls\u2028ps",
+    "caf\u00e9 \u732b",
+    "bell\x07",
+]
 
 
 def test_printable_escapes_every_control_and_keeps_the_rest():
     assert [printable(n) for n in HOSTILE] == [
-        "ok", "esc\\x1b[31mred\\x1b[0m", "new\\nline", "tab\\tbed", "c1\\x9b2J", "bidi\\u202eevil", "nul\\x00",
-        "zw\\u200bsp", "ls\\u2028ps", "caf\u00e9 \u732b", "bell\\x07"]
+        "ok",
+        "esc\\x1b[31mred\\x1b[0m",
+        "new\\nline",
+        "tab\\tbed",
+        "c1\\x9b2J",
+        "bidi\\u202eevil",
+        "nul\\x00",
+        "zw\\u200bsp",
+        "ls\\u2028ps",
+        "caf\u00e9 \u732b",
+        "bell\\x07",
+    ]
     assert printable("surrogate\udc80") == "surrogate\\udc80" and printable(3) == "3"
     assert one_line("a\nb\r\nc") == "a | b | c"
 
@@ -422,7 +506,7 @@ def test_predict_prints_hostile_label_names_escaped_and_json_exact(tmp_path, ima
     assert main(["predict", "--checkpoint", str(ckpt), image]) == 0
     out = capsys.readouterr().out
     assert len(out.splitlines()) == 1  # one line per image, whatever the names hold
-    assert all(ord(c) >= 32 and not 0x7f <= ord(c) <= 0x9f and c not in "\u202e\u200b\u2028" for c in out.strip())
+    assert all(ord(c) >= 32 and not 0x7F <= ord(c) <= 0x9F and c not in "\u202e\u200b\u2028" for c in out.strip())
     assert "esc\\x1b[31mred" in out and "new\\nline" in out and "bidi\\u202eevil" in out
     assert main(["predict", "--checkpoint", str(ckpt), "--json", image]) == 0
     assert set(json.loads(capsys.readouterr().out)[image]) == set(names)  # exact names in JSON
@@ -455,9 +539,13 @@ def test_installed_sadcl_prints_no_traceback_on_garbage(tmp_path):
     image = tmp_path / "x.png"
     image.write_bytes(b"\x89PNG\r\n")
     before = snapshot(tmp_path)
-    out = subprocess.run(["sadcl", "predict", "--checkpoint", str(garbage), "--skip-bad", str(image)],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        ["sadcl", "predict", "--checkpoint", str(garbage), "--skip-bad", str(image)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 2 and out.stdout == ""
     one_error_line(out.stderr, "predict", "x.safetensors")
     assert snapshot(tmp_path) == before
@@ -465,8 +553,9 @@ def test_installed_sadcl_prints_no_traceback_on_garbage(tmp_path):
 
 def test_installed_sadcl_into_a_closed_pipe_exits_quietly():
     """`sadcl list | head -0`: the reader is gone; exit 141 (SIGPIPE's status) with nothing on stderr."""
-    proc = subprocess.Popen(["sadcl", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        ["sadcl", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141 and err == b""

@@ -3,6 +3,7 @@
 Every transfer uses the real huggingface_hub client against the loopback FakeHub (tests/hubserver.py) and its
 upload API (tests/hubupload.py); stalled answers are bounded by the server (30 s at most, ended at stop()).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,11 @@ def _cache_files(cache: Path) -> list[str]:
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
     """Files under ``root`` (the Hub's HF_HOME aside) with their mtimes and bytes."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.is_symlink() and "hf-home" not in p.parts}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink() and "hf-home" not in p.parts
+    }
 
 
 @pytest.fixture
@@ -62,8 +66,17 @@ def test_trickling_server_fails_at_the_deadline_and_leaves_nothing(fake_hub, pub
     elapsed = time.monotonic() - start
     assert 0.9 < elapsed < 2.5
     message = _one_line(str(info.value))
-    for expected in ("the test file", REPO, FILE, published, fake_hub.endpoint, "1 s download deadline",
-                     "SADCL_DOWNLOAD_TIMEOUT=<seconds>", "HF_HUB_OFFLINE=1", str(hf_cache)):
+    for expected in (
+        "the test file",
+        REPO,
+        FILE,
+        published,
+        fake_hub.endpoint,
+        "1 s download deadline",
+        "SADCL_DOWNLOAD_TIMEOUT=<seconds>",
+        "HF_HUB_OFFLINE=1",
+        str(hf_cache),
+    ):
         assert expected in message
     assert not [f for f in _cache_files(hf_cache) if "/snapshots/" in f or "/blobs/" in f]  # no .incomplete either
 
@@ -90,8 +103,9 @@ def test_deadline_comes_from_the_environment(fake_hub, published, monkeypatch) -
     fake_hub.requests.clear()
     for bad in ("soon", "0", "-1", "nan", "inf"):
         monkeypatch.setenv("SADCL_DOWNLOAD_TIMEOUT", bad)
-        with pytest.raises(ValueError, match=f"SADCL_DOWNLOAD_TIMEOUT must be a positive number of seconds, "
-                                             f"got '{bad}'"):
+        with pytest.raises(
+            ValueError, match=f"SADCL_DOWNLOAD_TIMEOUT must be a positive number of seconds, got '{bad}'"
+        ):
             H.hub_download(REPO, FILE, revision=published, what="the test file")
     with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got 0"):
         H.hub_download(REPO, FILE, revision=published, timeout=0, what="the test file")
@@ -111,8 +125,9 @@ def test_refused_endpoint_fails_fast_with_the_offline_hint(fake_hub, published, 
 
 
 def test_download_checkpoint_has_the_deadline(fake_hub, published, monkeypatch) -> None:
-    record = WeightsRecord(hf_hub_id=REPO, filename=FILE, revision=published,
-                           sha256=hashlib.sha256(CONTENT).hexdigest(), size=len(CONTENT))
+    record = WeightsRecord(
+        hf_hub_id=REPO, filename=FILE, revision=published, sha256=hashlib.sha256(CONTENT).hexdigest(), size=len(CONTENT)
+    )
     fake_hub.stall_answers("trickle", interval=0.25)
     monkeypatch.setenv("SADCL_DOWNLOAD_TIMEOUT", "0.8")
     start = time.monotonic()
@@ -128,8 +143,9 @@ def test_cache_lock_held_elsewhere_fails_at_the_deadline(fake_hub, published, hf
     """A wait that no socket timeout bounds (here another process's lock on the blob) still ends on time."""
     from filelock import FileLock
 
-    lock = FileLock(hf_cache / ".locks" / f"models--{REPO.replace('/', '--')}"
-                    / f"{hashlib.sha256(CONTENT).hexdigest()}.lock")
+    lock = FileLock(
+        hf_cache / ".locks" / f"models--{REPO.replace('/', '--')}" / f"{hashlib.sha256(CONTENT).hexdigest()}.lock"
+    )
     with lock:
         start = time.monotonic()
         with pytest.raises(WeightsDownloadError, match="within the 0.5 s download deadline"):
@@ -147,8 +163,10 @@ def test_download_deadline_context_covers_any_hub_download(fake_hub, published) 
         hf_hub_download(REPO, FILE, revision=published)
     assert time.monotonic() - start < 1.5
     message = _one_line(str(info.value))
-    assert message.startswith(f"cannot download the backbone weights (http://{fake_hub.blob_host}:{fake_hub.port}"
-                              f"/lfs-blobs/{hashlib.sha256(CONTENT).hexdigest()})")
+    assert message.startswith(
+        f"cannot download the backbone weights (http://{fake_hub.blob_host}:{fake_hub.port}"
+        f"/lfs-blobs/{hashlib.sha256(CONTENT).hexdigest()})"
+    )
     assert "0.7 s download deadline" in message
     fake_hub.stall_answers(None)
     assert Path(hf_hub_download(REPO, FILE, revision=published)).read_bytes() == CONTENT
@@ -192,16 +210,35 @@ def _write_export(folder: Path, *, version: int = 2, onnx: bool = False) -> dict
     onnx_entry = {"filename": "model.onnx", **_file_entry(graph)} if onnx else None
     weights_entry = {"filename": "model.safetensors", **_file_entry(weights)}
     if version == 1:
-        config: dict[str, object] = {"format": "sadcl-export", "format_version": 1, "variant": "sadcl_tiny",
-                                     "architecture": {}, "weights": weights_entry, "onnx": onnx_entry}
+        config: dict[str, object] = {
+            "format": "sadcl-export",
+            "format_version": 1,
+            "variant": "sadcl_tiny",
+            "architecture": {},
+            "weights": weights_entry,
+            "onnx": onnx_entry,
+        }
     else:
         files = {"model.safetensors": _file_entry(weights), "README.md": _file_entry(card)}
         if onnx:
             files["model.onnx"] = _file_entry(graph)
-        config = {"architecture": "sadcl_tiny", "num_classes": 2, "label_names": ["a", "b"], "model_args": {},
-                  "pretrained_cfg": {}, "sadcl": {"format": "sadcl-export", "format_version": 2,
-                                                  "sadcl_version": "0", "variant": "sadcl_tiny", "source": "test",
-                                                  "weights": weights_entry, "onnx": onnx_entry, "files": files}}
+        config = {
+            "architecture": "sadcl_tiny",
+            "num_classes": 2,
+            "label_names": ["a", "b"],
+            "model_args": {},
+            "pretrained_cfg": {},
+            "sadcl": {
+                "format": "sadcl-export",
+                "format_version": 2,
+                "sadcl_version": "0",
+                "variant": "sadcl_tiny",
+                "source": "test",
+                "weights": weights_entry,
+                "onnx": onnx_entry,
+                "files": files,
+            },
+        }
     (folder / "config.json").write_text(json.dumps(config))
     return config
 
@@ -209,14 +246,19 @@ def _write_export(folder: Path, *, version: int = 2, onnx: bool = False) -> dict
 def test_export_manifest_of_both_format_versions(tmp_path) -> None:
     v1 = _write_export(tmp_path / "v1", version=1, onnx=True)
     assert H.export_manifest(v1, tmp_path / "v1") == {
-        "config.json": None, "model.safetensors": _file_entry(b"weights" * 40), "README.md": None,
-        "model.onnx": _file_entry(b"onnx graph")}
+        "config.json": None,
+        "model.safetensors": _file_entry(b"weights" * 40),
+        "README.md": None,
+        "model.onnx": _file_entry(b"onnx graph"),
+    }
     v1["onnx"] = None
     assert list(H.export_manifest(v1, tmp_path / "v1")) == ["config.json", "model.safetensors", "README.md"]
     v2 = _write_export(tmp_path / "v2")
     assert H.export_manifest(v2, tmp_path / "v2") == {
-        "config.json": None, "model.safetensors": _file_entry(b"weights" * 40),
-        "README.md": _file_entry(README.encode())}
+        "config.json": None,
+        "model.safetensors": _file_entry(b"weights" * 40),
+        "README.md": _file_entry(README.encode()),
+    }
 
 
 # ----------------------------------------------------------------------------- publishing
@@ -241,7 +283,7 @@ def test_push_uploads_only_the_export_files_into_a_private_repo(hub_uploads, exp
     assert hub_uploads.private[REPO] is True
     assert record["revision"] == commit.oid and record["sha256"] == hashlib.sha256(b"weights" * 40).hexdigest()
     out = capsys.readouterr().out
-    listing = out[:out.index("Pushed")]
+    listing = out[: out.index("Pushed")]
     assert "(private if the repository is new)" in listing
     for name in ("config.json", "README.md", f"model.safetensors ({len(b'weights' * 40)} bytes)"):
         assert name in listing
@@ -256,8 +298,10 @@ def test_push_of_a_format_1_export_follows_its_onnx_entry(hub_uploads, tmp_path)
     H.push_to_hub(with_onnx, REPO, token=TOKEN)
     H.push_to_hub(without, "sadcl-test/other", token=TOKEN)
     files = {c.repo_id: sorted(c.files) for c in hub_uploads.commits if c.summary.startswith("Upload")}
-    assert files == {REPO: ["README.md", "config.json", "model.onnx", "model.safetensors"],
-                     "sadcl-test/other": ["README.md", "config.json", "model.safetensors"]}
+    assert files == {
+        REPO: ["README.md", "config.json", "model.onnx", "model.safetensors"],
+        "sadcl-test/other": ["README.md", "config.json", "model.safetensors"],
+    }
 
 
 def test_public_needs_to_be_asked_for(hub_uploads, export_dir) -> None:
@@ -313,12 +357,25 @@ def _break(folder: Path, how: str) -> str:
     if how == "bad record":
         config["sadcl"]["files"]["model.safetensors"]["size"] = "big"
         config_path.write_text(json.dumps(config))
-        return "\"size\" must be a non-negative integer"
+        return '"size" must be a non-negative integer'
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["no config", "not json", "other format", "lists .env", "lists a path", "newer",
-                                 "changed card", "missing weights", "symlinked weights", "bad record"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "no config",
+        "not json",
+        "other format",
+        "lists .env",
+        "lists a path",
+        "newer",
+        "changed card",
+        "missing weights",
+        "symlinked weights",
+        "bad record",
+    ],
+)
 def test_push_refuses_what_is_not_exactly_an_export(hub_uploads, export_dir, how) -> None:
     expected = _break(export_dir, how)
     with pytest.raises(H.PublishError) as info:
@@ -392,8 +449,14 @@ def test_installed_sadcl_push_offline_prints_no_traceback(fake_hub, export_dir) 
     env = {**os.environ, "HF_ENDPOINT": endpoint}
     entry_point = shutil.which("sadcl")  # installed by `pip install -e .`
     assert entry_point is not None
-    out = subprocess.run([entry_point, "push", str(export_dir), REPO, "--token", TOKEN],
-                         capture_output=True, text=True, timeout=120, env=env, check=False)
+    out = subprocess.run(
+        [entry_point, "push", str(export_dir), REPO, "--token", TOKEN],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 2, out.stderr
     line = _one_line(out.stderr)
     assert "Traceback" not in out.stderr and f"on {endpoint}: the Hub cannot be reached" in line

@@ -2,6 +2,7 @@
 a finished run is left alone, bad settings are refused at the door in the command's words, missing images are
 found before the first epoch, a worker's error is one line, and a full disk tears no file. Each CLI case checks
 the exit code, the one-line message and that no file outside the command's own outputs changed."""
+
 from __future__ import annotations
 
 import csv
@@ -27,9 +28,25 @@ from sadcl.train.evaluation import evaluate_model
 from sadcl.train.trainer import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::sadcl.metrics.NoPositiveClassWarning")
-TINY = ["--model", "sadcl_tiny", "--model-arg", "hidden_dim=32", "--model-arg", "ffn_dim=32",
-        "--model-arg", "proj_dim=16", "--img-size", "32", "--batch-size", "4", "--num-workers", "0",
-        "--no-progress", "--objective", "asl"]
+TINY = [
+    "--model",
+    "sadcl_tiny",
+    "--model-arg",
+    "hidden_dim=32",
+    "--model-arg",
+    "ffn_dim=32",
+    "--model-arg",
+    "proj_dim=16",
+    "--img-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--num-workers",
+    "0",
+    "--no-progress",
+    "--objective",
+    "asl",
+]
 STALE = ".last.pt.0123456789ab.tmp"  # what atomic_write leaves when the process is killed mid-write
 
 
@@ -61,7 +78,8 @@ def snapshot(root: Path, mtimes: bool = True) -> dict[str, str]:
     for p in sorted(root.rglob("*")):
         if p.is_file():
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() + (
-                f" {p.stat().st_mtime_ns}" if mtimes else "")
+                f" {p.stat().st_mtime_ns}" if mtimes else ""
+            )
     return out
 
 
@@ -88,9 +106,11 @@ def test_train_refuses_an_output_folder_holding_a_run(data, tmp_path, capsys):
     before = snapshot(tmp_path)
     assert run_train(data, out) == 2
     err = one_line(capsys.readouterr().err)
-    assert err == (f"sadcl train: error: --output {out} already holds a run (last.pt, best.safetensors, config.json, "
-                   f"log.jsonl); continue it with --resume {out}, or pass --overwrite to replace the files train "
-                   "writes (last.pt, best.safetensors, config.json, log.jsonl; other files are kept)")
+    assert err == (
+        f"sadcl train: error: --output {out} already holds a run (last.pt, best.safetensors, config.json, "
+        f"log.jsonl); continue it with --resume {out}, or pass --overwrite to replace the files train "
+        "writes (last.pt, best.safetensors, config.json, log.jsonl; other files are kept)"
+    )
     assert snapshot(tmp_path) == before
 
     # Any file counts; the Python API has the same rule, in its own words.
@@ -132,7 +152,8 @@ def test_resume_of_a_finished_run_changes_nothing(data, tmp_path, capsys):
     assert captured.err == ""
     assert one_line(captured.out) == (
         f"sadcl train: run {out} is already finished (all 1 epochs are done); nothing was changed. To train "
-        f"further, start a new run with --checkpoint {out / 'best.safetensors'}")
+        f"further, start a new run with --checkpoint {out / 'best.safetensors'}"
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -147,14 +168,33 @@ def test_resume_of_an_early_stopped_run(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(evaluation_mod, "compute_metrics", scripted)
     val = write_csv(tmp_path, 3, "val", seed=1)
     out = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--val-data", str(val), *TINY, "--epochs", "4", "--patience", "0",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--val-data",
+                str(val),
+                *TINY,
+                "--epochs",
+                "4",
+                "--patience",
+                "0",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert load_training_checkpoint(out)["epoch"] == 2
     capsys.readouterr()
     before = snapshot(tmp_path)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
-    assert "is already finished (it stopped early after epoch 1 with --patience 0; a larger --patience " \
-           "continues it)" in one_line(capsys.readouterr().out)
+    assert (
+        "is already finished (it stopped early after epoch 1 with --patience 0; a larger --patience "
+        "continues it)" in one_line(capsys.readouterr().out)
+    )
     assert snapshot(tmp_path) == before
     assert main(["train", "--resume", str(out), "--patience", "5", "--stop-after-epochs", "1", "--no-progress"]) == 0
     assert load_training_checkpoint(out)["epoch"] == 3
@@ -167,8 +207,10 @@ def test_resume_refuses_changed_settings_naming_both_values(data, tmp_path, caps
     before = snapshot(tmp_path)
     assert main(["train", "--resume", str(out), "--batch-size", "2", "--seed", "3", "--lr", "5e-5"]) == 2
     err = one_line(capsys.readouterr().err)
-    assert err.startswith("sadcl train: error: cannot change on resume: --batch-size (the run has 4, given 2), "
-                          "--seed (the run has 1, given 3); a resumed run keeps its settings")
+    assert err.startswith(
+        "sadcl train: error: cannot change on resume: --batch-size (the run has 4, given 2), "
+        "--seed (the run has 1, given 3); a resumed run keeps its settings"
+    )
     assert "--lr" not in err  # the recipe default, unchanged: repeating a setting is fine
     assert f"--checkpoint {out}/best.safetensors" in err
     assert snapshot(tmp_path) == before
@@ -187,8 +229,9 @@ def test_resume_with_other_workers_warns_and_cleans_up(data, tmp_path, capsys):
         f.write('{"event": "ste')  # a process killed inside a log write
     assert main(["train", "--resume", str(out), "--batch-size", "4", "--num-workers", "1", "--no-progress"]) == 0
     err = one_line(capsys.readouterr().err)
-    assert err.startswith("sadcl train: warning: resuming with --num-workers 1 (the run used 0): the run will not "
-                          "continue bit-exactly")
+    assert err.startswith(
+        "sadcl train: warning: resuming with --num-workers 1 (the run used 0): the run will not continue bit-exactly"
+    )
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".mine.abcdef012345.tmp"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log].count("start") == 2 and load_training_checkpoint(out)["epoch"] == 2
@@ -229,31 +272,40 @@ def test_full_disk_on_resume_leaves_every_file_intact(data, tmp_path, capsys, mo
     assert main(["train", "--resume", str(out), "--no-progress"]) == 2
     monkeypatch.undo()
     err = one_line(capsys.readouterr().err)
-    assert err == (f"sadcl train: error: could not append to {out / 'log.jsonl'}: No space left on device; "
-                   "its earlier records are intact")
+    assert err == (
+        f"sadcl train: error: could not append to {out / 'log.jsonl'}: No space left on device; "
+        "its earlier records are intact"
+    )
     assert snapshot(tmp_path, mtimes=False) == before
     assert all(json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
     assert load_training_checkpoint(out)["epoch"] == 1
 
 
 # ----------------------------------------------------------------------------- validation at the door
-@pytest.mark.parametrize("args,message", [
-    (["--loss-weights", "1", "nan", "50"], "--loss-weights must be three finite numbers >= 0 (ASL, SSCL, PSCL), "
-                                           "got [1.0, nan, 50.0]"),
-    (["--loss-weights", "1", "-1", "50"], "--loss-weights must be three finite numbers >= 0 (ASL, SSCL, PSCL), "
-                                          "got [1.0, -1.0, 50.0]"),
-    (["--gamma-neg", "nan"], "--gamma-neg must be a finite number >= 0, got nan"),
-    (["--gamma-neg", "-1"], "--gamma-neg must be a finite number >= 0, got -1.0"),
-    (["--sample-temperature", "0"], "--sample-temperature must be a finite number > 0, got 0.0"),
-    (["--prototype-temperature", "inf"], "--prototype-temperature must be a finite number > 0, got inf"),
-    (["--threshold", "1.5"], "--threshold must be a number in [0, 1], got 1.5"),
-    (["--memory-threshold", "nan"], "--memory-threshold must be a number in [0, 1], got nan"),
-    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
-    (["--batch-size", "-4"], "--batch-size must be an integer >= 1, got -4"),
-    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
-    (["--num-workers", "-1"], "--num-workers must be an integer >= 0, got -1"),
-    (["--pretrained", "--checkpoint", "w.safetensors"], "give either --pretrained or --checkpoint, not both"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--loss-weights", "1", "nan", "50"],
+            "--loss-weights must be three finite numbers >= 0 (ASL, SSCL, PSCL), got [1.0, nan, 50.0]",
+        ),
+        (
+            ["--loss-weights", "1", "-1", "50"],
+            "--loss-weights must be three finite numbers >= 0 (ASL, SSCL, PSCL), got [1.0, -1.0, 50.0]",
+        ),
+        (["--gamma-neg", "nan"], "--gamma-neg must be a finite number >= 0, got nan"),
+        (["--gamma-neg", "-1"], "--gamma-neg must be a finite number >= 0, got -1.0"),
+        (["--sample-temperature", "0"], "--sample-temperature must be a finite number > 0, got 0.0"),
+        (["--prototype-temperature", "inf"], "--prototype-temperature must be a finite number > 0, got inf"),
+        (["--threshold", "1.5"], "--threshold must be a number in [0, 1], got 1.5"),
+        (["--memory-threshold", "nan"], "--memory-threshold must be a number in [0, 1], got nan"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+        (["--batch-size", "-4"], "--batch-size must be an integer >= 1, got -4"),
+        (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["--num-workers", "-1"], "--num-workers must be an integer >= 0, got -1"),
+        (["--pretrained", "--checkpoint", "w.safetensors"], "give either --pretrained or --checkpoint, not both"),
+    ],
+)
 def test_train_refuses_bad_settings_before_any_work(args, message, data, tmp_path, capsys):
     before = snapshot(tmp_path)
     assert main(["train", "--data", str(data), "--output", str(tmp_path / "run"), *args]) == 2
@@ -262,24 +314,30 @@ def test_train_refuses_bad_settings_before_any_work(args, message, data, tmp_pat
 
 
 def test_trainconfig_names_keywords():
-    for kwargs, message in [(dict(loss_weights=(1, float("nan"), 50)), "loss_weights must be three finite"),
-                            (dict(gamma_neg=float("nan")), "gamma_neg must be a finite number >= 0"),
-                            (dict(threshold=-0.1), "threshold must be a number in [0, 1]"),
-                            (dict(epochs=2.5), "epochs must be an integer >= 1, got 2.5")]:
+    for kwargs, message in [
+        (dict(loss_weights=(1, float("nan"), 50)), "loss_weights must be three finite"),
+        (dict(gamma_neg=float("nan")), "gamma_neg must be a finite number >= 0"),
+        (dict(threshold=-0.1), "threshold must be a number in [0, 1]"),
+        (dict(epochs=2.5), "epochs must be an integer >= 1, got 2.5"),
+    ]:
         with pytest.raises(ConfigError) as err:
             TrainConfig(**kwargs)
         assert str(err.value).startswith(message)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
-    (["--threshold", "nan"], "--threshold must be a number in [0, 1], got nan"),
-    (["--num-workers", "-2"], "--num-workers must be an integer >= 0, got -2"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["--threshold", "nan"], "--threshold must be a number in [0, 1], got nan"),
+        (["--num-workers", "-2"], "--num-workers must be an integer >= 0, got -2"),
+    ],
+)
 def test_eval_refuses_bad_settings(args, message, data, tmp_path, capsys):
     before = snapshot(tmp_path)
-    assert main(["eval", "--model", "sadcl_tiny", "--data", str(data), "--output", str(tmp_path / "e.json"),
-                 *args]) == 2
+    assert (
+        main(["eval", "--model", "sadcl_tiny", "--data", str(data), "--output", str(tmp_path / "e.json"), *args]) == 2
+    )
     assert one_line(capsys.readouterr().err) == f"sadcl eval: error: {message}"
     assert snapshot(tmp_path) == before
 
@@ -291,12 +349,14 @@ def test_missing_validation_images_stop_the_run_before_the_first_epoch(data, tmp
     os.mkfifo(tmp_path / "img" / "val_3.png")  # a FIFO would block its reader forever
     before = snapshot(tmp_path)
     out = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--val-data", str(val), *TINY, "--epochs", "1",
-                 "--output", str(out)]) == 2
+    assert (
+        main(["train", "--data", str(data), "--val-data", str(val), *TINY, "--epochs", "1", "--output", str(out)]) == 2
+    )
     assert one_line(capsys.readouterr().err) == (
         f"sadcl train: error: validation image {tmp_path / 'img' / 'val_1.png'} is missing or not a regular file "
         "(2 of 4 validation images are; checked before any work). Fix the paths, or drop unreadable images with "
-        "--skip-bad (DataSpec.skip_bad)")
+        "--skip-bad (DataSpec.skip_bad)"
+    )
     assert snapshot(tmp_path) == before and not out.exists()
 
 
@@ -325,20 +385,44 @@ class _Divide(torch.utils.data.Dataset):
 
 def test_unreadable_image_in_train_and_eval_is_one_line(data, tmp_path, capsys):
     weights = tmp_path / "w.safetensors"
-    model = create_model("sadcl_tiny", label_names=["cat", "dog"], img_size=32, hidden_dim=32, ffn_dim=32,
-                         proj_dim=16)
+    model = create_model("sadcl_tiny", label_names=["cat", "dog"], img_size=32, hidden_dim=32, ffn_dim=32, proj_dim=16)
     export_weights(model, weights)
     (tmp_path / "img" / "train_2.png").write_bytes(b"\x89PNG truncated")  # passes the stat check, fails to decode
     out = tmp_path / "run"
     with pytest.raises(ImageLoadError) as err:  # the Python API gets the one line too
-        train(TrainConfig(data={"path": str(data)}, output_dir=str(out), model="sadcl_tiny", img_size=32,
-                          model_args={"hidden_dim": 32, "ffn_dim": 32, "proj_dim": 16}, epochs=1, batch_size=4,
-                          num_workers=1, objective="asl", progress=False))
+        train(
+            TrainConfig(
+                data={"path": str(data)},
+                output_dir=str(out),
+                model="sadcl_tiny",
+                img_size=32,
+                model_args={"hidden_dim": 32, "ffn_dim": 32, "proj_dim": 16},
+                epochs=1,
+                batch_size=4,
+                num_workers=1,
+                objective="asl",
+                progress=False,
+            )
+        )
     assert str(err.value).startswith(f"cannot load image {tmp_path / 'img' / 'train_2.png'}: ")
     assert "\n" not in str(err.value)
     before = snapshot(tmp_path)
-    assert main(["eval", "--checkpoint", str(weights), "--data", str(data), "--num-workers", "1",
-                 "--output", str(tmp_path / "e.json")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(weights),
+                "--data",
+                str(data),
+                "--num-workers",
+                "1",
+                "--output",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 2
+    )
     err_line = one_line(capsys.readouterr().err)
     assert err_line.startswith(f"sadcl eval: error: cannot load image {tmp_path / 'img' / 'train_2.png'}: ")
     assert snapshot(tmp_path) == before
@@ -346,10 +430,12 @@ def test_unreadable_image_in_train_and_eval_is_one_line(data, tmp_path, capsys):
 
 def test_evaluation_checks_its_image_files_first(data, tmp_path):
     (tmp_path / "img" / "train_0.png").unlink()
-    model = create_model("sadcl_tiny", label_names=["cat", "dog"], img_size=32, hidden_dim=32, ffn_dim=32,
-                         proj_dim=16)
-    with pytest.raises(ImageLoadError, match=r"^evaluation image .*train_0.png is missing or not a regular file "
-                                             r"\(1 of 4 evaluation images are"):
+    model = create_model("sadcl_tiny", label_names=["cat", "dog"], img_size=32, hidden_dim=32, ffn_dim=32, proj_dim=16)
+    with pytest.raises(
+        ImageLoadError,
+        match=r"^evaluation image .*train_0.png is missing or not a regular file "
+        r"\(1 of 4 evaluation images are",
+    ):
         evaluate_model(model, CSVDataset(data), num_workers=0)
     with pytest.raises(ConfigError, match=r"^batch_size must be an integer >= 1, got 0$"):
         evaluate_model(model, CSVDataset(data), batch_size=0)

@@ -1,4 +1,7 @@
 """Folding frozen BatchNorm into the convolutions: same function, same gradients, same keys."""
+
+from __future__ import annotations
+
 import copy
 
 import pytest

@@ -1,4 +1,7 @@
 """The prepared GPU training check runs (on CPU here) and refuses clearly when asked for CUDA without one."""
+
+from __future__ import annotations
+
 import json
 import subprocess
 import sys
@@ -11,8 +14,25 @@ SCRIPT = str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train_tin
 
 def test_dry_run_on_cpu_writes_results(tmp_path):
     out = tmp_path / "r.json"
-    run = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--amp", "none", "--steps", "10",
-                          "--batch-size", "8", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            SCRIPT,
+            "--device",
+            "cpu",
+            "--amp",
+            "none",
+            "--steps",
+            "10",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["losses_finite"] and result["steps"] >= 10

@@ -1,4 +1,5 @@
 """Self-describing weights files, untrusted metadata, and timm's interface on SADCL models."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,12 @@ def test_writer_is_deterministic_and_matches_safetensors_own_bytes(tmp_path, tin
 
 
 def test_files_of_sadcl_0_1_keep_loading(tmp_path, tiny):
-    legacy = {"format": "pt", "sadcl_config": json.dumps(tiny.config), "sadcl_variant": "sadcl_tiny",
-              "sadcl_training": json.dumps({"epoch": 3})}
+    legacy = {
+        "format": "pt",
+        "sadcl_config": json.dumps(tiny.config),
+        "sadcl_variant": "sadcl_tiny",
+        "sadcl_training": json.dumps({"epoch": 3}),
+    }
     save_safetensors(export_state_dict(tiny), tmp_path / "old.safetensors", legacy)
     model = sadcl.create_model(tmp_path / "old.safetensors").eval()
     x = torch.randn(1, 3, 64, 64)
@@ -69,22 +74,26 @@ def test_a_file_without_a_header_needs_its_variant(tmp_path, tiny):
 
 
 # ----------------------------------------------------------------------------- untrusted metadata
-@pytest.mark.parametrize("mutate, field", [
-    (lambda h: h["config"].update(backbone="hf-hub:evil/backbone"), "config.backbone"),
-    (lambda h: h["config"].update(backbone="not_a_timm_model"), "config.backbone"),
-    (lambda h: h["config"].update(num_classes=300_000_000), "config.num_classes"),
-    (lambda h: h["config"].update(hidden_dim="32"), "config.hidden_dim"),
-    (lambda h: h["config"].update(label_names={"a": 1}), "config.label_names"),
-    (lambda h: h["config"].update(label_names=["x"] * 20), "config.label_names"),
-    (lambda h: h["config"].update(dropout=float("inf")), "config.dropout"),
-    (lambda h: h["config"].update(sneaky=1), "config has unknown key"),
-    (lambda h: h.update(config=[1, 2]), "config must be a JSON object"),
-    (lambda h: h["preprocessing"].update(std=[0, 0, 0]), "preprocessing: std"),
-    (lambda h: h["preprocessing"].update(input_size=[3, 10**9, 64]), "preprocessing: input_size"),
-    (lambda h: h["preprocessing"].update(interpolation={"x": 1}), "preprocessing: interpolation"),
-    (lambda h: h.update(format_version=99), "newer sadcl"),
-    (lambda h: h.update(variant=["list"]), "variant must be a string"),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda h: h["config"].update(backbone="hf-hub:evil/backbone"), "config.backbone"),
+        (lambda h: h["config"].update(backbone="not_a_timm_model"), "config.backbone"),
+        (lambda h: h["config"].update(num_classes=300_000_000), "config.num_classes"),
+        (lambda h: h["config"].update(hidden_dim="32"), "config.hidden_dim"),
+        (lambda h: h["config"].update(label_names={"a": 1}), "config.label_names"),
+        (lambda h: h["config"].update(label_names=["x"] * 20), "config.label_names"),
+        (lambda h: h["config"].update(dropout=float("inf")), "config.dropout"),
+        (lambda h: h["config"].update(sneaky=1), "config has unknown key"),
+        (lambda h: h.update(config=[1, 2]), "config must be a JSON object"),
+        (lambda h: h["preprocessing"].update(std=[0, 0, 0]), "preprocessing: std"),
+        (lambda h: h["preprocessing"].update(input_size=[3, 10**9, 64]), "preprocessing: input_size"),
+        (lambda h: h["preprocessing"].update(interpolation={"x": 1}), "preprocessing: interpolation"),
+        (lambda h: h.update(format_version=99), "newer sadcl"),
+        (lambda h: h.update(variant=["list"]), "variant must be a string"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_malformed_headers_are_one_clear_error(tmp_path, tiny, mutate, field):
     path = write_with_header(tmp_path / "bad.safetensors", tiny, mutate)
     with pytest.raises(HeaderError) as info:
@@ -99,24 +108,27 @@ def test_a_header_never_reaches_the_network(tmp_path, tiny, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    path = write_with_header(tmp_path / "w.safetensors", tiny,
-                             lambda h: h["config"].update(pretrained_backbone=True))
+    path = write_with_header(tmp_path / "w.safetensors", tiny, lambda h: h["config"].update(pretrained_backbone=True))
     model = sadcl.create_model(path)  # pretrained_backbone is never taken from a file
     assert torch.equal(model.fc.W, tiny.fc.W)
 
 
 def test_a_huge_claimed_architecture_allocates_nothing(tmp_path, tiny):
     """The network is built on the meta device and checked against the file's tensors before anything is read."""
-    path = write_with_header(tmp_path / "w.safetensors", tiny,
-                             lambda h: h["config"].update(hidden_dim=16_384, ffn_dim=65_536, num_heads=4))
+    path = write_with_header(
+        tmp_path / "w.safetensors", tiny, lambda h: h["config"].update(hidden_dim=16_384, ffn_dim=65_536, num_heads=4)
+    )
     with pytest.raises(RuntimeError, match="does not fit"):
         sadcl.create_model(path)
 
 
 def test_a_variant_and_a_file_that_disagree_name_both(tmp_path, tiny):
     save_safetensors(export_state_dict(tiny), tmp_path / "w.safetensors", checkpoint_metadata(tiny))
-    with pytest.raises(ModelSourceError, match=r"w.safetensors records .*hidden_dim 32.*not the architecture of "
-                                               r"sadcl_tiny.*hidden_dim 64"):
+    with pytest.raises(
+        ModelSourceError,
+        match=r"w.safetensors records .*hidden_dim 32.*not the architecture of "
+        r"sadcl_tiny.*hidden_dim 64",
+    ):
         sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "w.safetensors")
 
 
@@ -125,8 +137,20 @@ def test_cli_predict_needs_no_model_for_a_file_sadcl_wrote(tmp_path, tiny, capsy
 
     save_safetensors(export_state_dict(tiny), tmp_path / "w.safetensors", checkpoint_metadata(tiny))
     Image.new("RGB", (30, 20), (200, 10, 10)).save(tmp_path / "red.png")
-    assert main(["predict", "--checkpoint", str(tmp_path / "w.safetensors"), str(tmp_path / "red.png"),
-                 "--json", "--top-k", "3"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "w.safetensors"),
+                str(tmp_path / "red.png"),
+                "--json",
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
     (scores,) = json.loads(capsys.readouterr().out).values()
     want = sadcl.predict(tiny, tmp_path / "red.png", top_k=3)[0]
     assert list(scores) == list(want) and all(abs(scores[k] - want[k]) < 1e-6 for k in want)
@@ -143,8 +167,9 @@ def test_timm_lists_and_builds_the_variants_with_weights():
 
 def test_pretrained_cfg_overlay_is_honoured(tmp_path, tiny):
     save_safetensors(export_state_dict(tiny), tmp_path / "w.safetensors", checkpoint_metadata(tiny))
-    model = timm.create_model("sadcl_tiny", pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors"),
-                                                                        mean=(0.5, 0.5, 0.5)), **TINY)
+    model = timm.create_model(
+        "sadcl_tiny", pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors"), mean=(0.5, 0.5, 0.5)), **TINY
+    )
     assert torch.equal(model.fc.W, tiny.fc.W)
     assert timm.data.resolve_model_data_config(model)["mean"] == (0.5, 0.5, 0.5)
     with pytest.raises(ModelSourceError, match="std must be three finite numbers > 0"):
@@ -180,13 +205,49 @@ def test_a_run_started_from_the_hub_evaluates_from_its_file(tmp_path, tiny, fake
     train_csv = write_csv_dataset(tmp_path, 8, 0, "train")
     val_csv = write_csv_dataset(tmp_path, 5, 1, "val")
     out = tmp_path / "run"
-    assert main(["train", "--data", str(train_csv), "--val-data", str(val_csv), "--model", "hf-hub:org/tiny",
-                 "--img-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
-                 "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(train_csv),
+                "--val-data",
+                str(val_csv),
+                "--model",
+                "hf-hub:org/tiny",
+                "--img-size",
+                "64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--num-workers",
+                "0",
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     header = parse_header(read_safetensors(out / "best.safetensors")[1], "best")
     assert header.source.startswith("hf-hub:org/tiny@") and header.config["label_names"] == ["car", "cat", "dog"]
-    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(val_csv),
-                 "--num-workers", "0", "--output", str(tmp_path / "eval.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "best.safetensors"),
+                "--data",
+                str(val_csv),
+                "--num-workers",
+                "0",
+                "--output",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 5
 
 

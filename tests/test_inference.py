@@ -1,4 +1,7 @@
 """sadcl.predict: inputs of every kind, preprocessing from metadata, ordering, filtering, bad files."""
+
+from __future__ import annotations
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +51,9 @@ def test_preprocessing_follows_metadata(model, images):
     x = preprocess(images["rgb"], model.pretrained_cfg)
     assert x.shape == (3, 64, 64)
     img = Image.open(images["rgb"]).convert("RGB").resize((64, 64), Image.BILINEAR)
-    expected = (torch.from_numpy(np.array(img)).permute(2, 0, 1) / 255 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    expected = (
+        torch.from_numpy(np.array(img)).permute(2, 0, 1) / 255 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    ) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     assert torch.allclose(x, expected, atol=1e-6)
 
 

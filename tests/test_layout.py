@@ -1,10 +1,12 @@
 """The package layout ARCHITECTURE.md describes: imports point one way, modules stay small, the public names
 of sadcl.train and sadcl.viz resolve, and `import sadcl` does not load the training loop."""
+
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -36,16 +38,23 @@ def _modules(folder: str) -> list[Path]:
     return sorted((PACKAGE / folder).glob("*.py"))
 
 
-@pytest.mark.parametrize("folder, forbidden", [
-    ("model", ("sadcl.train", "sadcl.zoo", "sadcl.data", "sadcl.viz", "sadcl.cli", "sadcl.inference")),
-    ("data", ("sadcl.train", "sadcl.zoo", "sadcl.model", "sadcl.viz", "sadcl.cli", "sadcl.inference")),
-    ("zoo", ("sadcl.train", "sadcl.viz", "sadcl.cli", "sadcl.inference")),
-    ("train", ("sadcl.viz", "sadcl.cli", "sadcl.inference")),
-    ("viz", ("sadcl.train", "sadcl.zoo", "sadcl.cli")),
-])
+@pytest.mark.parametrize(
+    "folder, forbidden",
+    [
+        ("model", ("sadcl.train", "sadcl.zoo", "sadcl.data", "sadcl.viz", "sadcl.cli", "sadcl.inference")),
+        ("data", ("sadcl.train", "sadcl.zoo", "sadcl.model", "sadcl.viz", "sadcl.cli", "sadcl.inference")),
+        ("zoo", ("sadcl.train", "sadcl.viz", "sadcl.cli", "sadcl.inference")),
+        ("train", ("sadcl.viz", "sadcl.cli", "sadcl.inference")),
+        ("viz", ("sadcl.train", "sadcl.zoo", "sadcl.cli")),
+    ],
+)
 def test_imports_point_one_way(folder, forbidden):
-    bad = {f"{path.name}: {name}" for path in _modules(folder) for name in _top_level_imports(path)
-           if name.startswith(forbidden)}
+    bad = {
+        f"{path.name}: {name}"
+        for path in _modules(folder)
+        for name in _top_level_imports(path)
+        if name.startswith(forbidden)
+    }
     assert not bad, f"{folder}/ imports upward: {sorted(bad)}"
 
 
@@ -53,10 +62,16 @@ def test_viz_measurements_do_not_import_the_figures():
     assert not any(n.startswith("sadcl.viz.figures") for n in _top_level_imports(PACKAGE / "viz" / "measure.py"))
 
 
+def _statements(path: Path) -> int:
+    """Logical lines (statements), which do not change when the formatter wraps a long call over several lines."""
+    with path.open("rb") as f:
+        return sum(1 for token in tokenize.tokenize(f.readline) if token.type == tokenize.NEWLINE)
+
+
 @pytest.mark.parametrize("folder", ["train", "viz"])
 def test_modules_stay_small(folder):
-    sizes = {p.name: len(p.read_text().splitlines()) for p in _modules(folder)}
-    assert max(sizes.values()) <= 520, sizes
+    sizes = {p.name: _statements(p) for p in _modules(folder)}
+    assert max(sizes.values()) <= 370, sizes
 
 
 def test_the_training_loop_has_no_catch_all_module():
@@ -73,11 +88,14 @@ def test_public_names_resolve():
         sadcl.train.Trainerr  # noqa: B018
     # one object per name: the package's names are the owning modules' own
     from sadcl.train.trainer import Trainer
+
     assert sadcl.train.Trainer is Trainer
 
 
 def test_import_sadcl_does_not_load_the_training_loop():
-    code = ("import sys, sadcl; loaded = [m for m in ('sadcl.train.trainer', 'sadcl.train.config', "
-            "'sadcl.train.evaluation') if m in sys.modules]; print(loaded)")
+    code = (
+        "import sys, sadcl; loaded = [m for m in ('sadcl.train.trainer', 'sadcl.train.config', "
+        "'sadcl.train.evaluation') if m in sys.modules]; print(loaded)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

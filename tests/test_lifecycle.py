@@ -9,6 +9,7 @@ door: the in-memory model, ``create_model(variant, checkpoint_path=...)``, ``cre
 The scores on the same real images must agree within 1e-5 and carry the same label names everywhere.
 The same for an authors' checkpoint converted with ``sadcl convert``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,7 +26,7 @@ from PIL import Image
 import sadcl
 from sadcl.cli import main
 from sadcl.data.images import load_image
-from sadcl.data.mosaic import FASHION_LABELS, write_mosaics
+from sadcl.data.mosaic import write_mosaics
 from sadcl.metrics import evaluate as compute_metrics
 from sadcl.train.options import config_from_options
 from sadcl.train.trainer import Trainer
@@ -34,8 +35,9 @@ from sadcl.zoo.loading import HeadChangeWarning
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not DEBIAN_FASHION.is_dir(),
-                                reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+pytestmark = pytest.mark.skipif(
+    not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+)
 # The user's own labels: four Fashion-MNIST classes under new names, in a new order.
 MINE = {"Dress": "frock", "T-shirt/top": "tee", "Trouser": "pants", "Pullover": "jumper"}
 REPO = "me/my-fashion-tagger"
@@ -81,10 +83,21 @@ def journey(tmp_path_factory):
         write_mosaics(data, split, n, seed)
         _write_custom_csv(data / f"{split}.csv", data / f"my_{split}.csv")
     (data / "my_labels.txt").write_text("".join(f"{n}\n" for n in MINE.values()))
-    options = dict(data=str(data / "my_train.csv"), val_data=str(data / "my_test.csv"),
-                   label_names=str(data / "my_labels.txt"), model="sadcl_fashion_mosaic", pretrained=True,
-                   epochs=1, batch_size=8, num_workers=0, output_dir=str(tmp / "run"), progress=False,
-                   log_interval=1, lr=1e-4, seed=3)
+    options = dict(
+        data=str(data / "my_train.csv"),
+        val_data=str(data / "my_test.csv"),
+        label_names=str(data / "my_labels.txt"),
+        model="sadcl_fashion_mosaic",
+        pretrained=True,
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        output_dir=str(tmp / "run"),
+        progress=False,
+        log_interval=1,
+        lr=1e-4,
+        seed=3,
+    )
     with pytest.warns(HeadChangeWarning, match="10 labels → 4"):  # asked for: a new label set
         trainer = Trainer(config_from_options(options))
     summary = trainer.fit()
@@ -92,8 +105,15 @@ def journey(tmp_path_factory):
     photos = _odd_images(tmp, sorted((data / "test").glob("*.png"))[:10])
     net = net.cpu().eval()
     reference = sadcl.predict(net, photos)
-    return dict(tmp=tmp, data=data, net=net, best=tmp / "run" / "best.safetensors", photos=photos,
-                reference=reference, labels=list(MINE.values()))
+    return dict(
+        tmp=tmp,
+        data=data,
+        net=net,
+        best=tmp / "run" / "best.safetensors",
+        photos=photos,
+        reference=reference,
+        labels=list(MINE.values()),
+    )
 
 
 def assert_same_scores(results, reference, labels):
@@ -143,11 +163,29 @@ def test_cli_predict_and_eval_agree(journey, capsys):
 
     # sadcl eval: the paper's table from the same preprocessing as predict (a wrong mean/std would move mAP).
     data, out = journey["data"], journey["tmp"] / "eval.json"
-    assert main(["eval", "--checkpoint", str(best), "--data", str(data / "my_test.csv"),
-                 "--num-workers", "0", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(best),
+                "--data",
+                str(data / "my_test.csv"),
+                "--num-workers",
+                "0",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
-    scores = torch.tensor([[r[n] for n in labels] for r in sadcl.predict(journey["net"], sorted(
-        str(p) for p in (data / "test").glob("*.png")))])
+    scores = torch.tensor(
+        [
+            [r[n] for n in labels]
+            for r in sadcl.predict(journey["net"], sorted(str(p) for p in (data / "test").glob("*.png")))
+        ]
+    )
     targets = torch.zeros(len(scores), len(labels))
     with open(data / "my_test.csv", newline="") as f:
         for i, row in enumerate(sorted(csv.DictReader(f), key=lambda r: r["image"])):
@@ -207,8 +245,13 @@ def test_export_push_and_load_elsewhere(journey, capsys, hub_uploads, tmp_path):
 def test_torch_hub_loads_the_checkpoint(journey):
     with warnings.catch_warnings():
         warnings.simplefilter("error", HeadChangeWarning)  # the file's own labels: nothing re-initialised
-        model = torch.hub.load(str(ROOT), "sadcl_fashion_mosaic", source="local", checkpoint_path=str(journey["best"]),
-                               label_names=journey["labels"])
+        model = torch.hub.load(
+            str(ROOT),
+            "sadcl_fashion_mosaic",
+            source="local",
+            checkpoint_path=str(journey["best"]),
+            label_names=journey["labels"],
+        )
     assert_same_scores(sadcl.predict(model, journey["photos"]), journey["reference"], journey["labels"])
 
 
@@ -231,13 +274,16 @@ def test_a_converted_authors_checkpoint_takes_every_path(tmp_path, capsys, fake_
     assert_same_scores(sadcl.predict(sadcl.create_model("sadcl_tiny", checkpoint_path=converted), photos), ref, labels)
     paths = [str(p) for p in photos]
     assert_same_scores(predict_cli(capsys, "--checkpoint", str(converted), *paths), ref, labels)
-    assert_same_scores(predict_cli(capsys, "--model", "sadcl_tiny", "--checkpoint", str(converted), *paths), ref,
-                       labels)
+    assert_same_scores(
+        predict_cli(capsys, "--model", "sadcl_tiny", "--checkpoint", str(converted), *paths), ref, labels
+    )
     out = tmp_path / "export"
     assert main(["export", str(converted), str(out)]) == 0
     for name in ("config.json", "model.safetensors"):
         fake_hub.add_file("authors/sadcl-tiny", name, (out / name).read_bytes(), lfs=name.endswith(".safetensors"))
-    for model in (sadcl.create_model("hf-hub:authors/sadcl-tiny"),
-                  timm.create_model("hf-hub:authors/sadcl-tiny", pretrained=True),
-                  timm.create_model(f"local-dir:{out}", pretrained=True)):
+    for model in (
+        sadcl.create_model("hf-hub:authors/sadcl-tiny"),
+        timm.create_model("hf-hub:authors/sadcl-tiny", pretrained=True),
+        timm.create_model(f"local-dir:{out}", pretrained=True),
+    ):
         assert_same_scores(sadcl.predict(model, photos), ref, labels)

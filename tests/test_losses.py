@@ -1,4 +1,5 @@
 """Losses against independent dense float64 re-derivations written from REFERENCE c.1-c.3 (values and gradients)."""
+
 from __future__ import annotations
 
 import time
@@ -223,8 +224,9 @@ def test_asl_gamma0_is_1000_times_clamped_bce():
     y = (torch.rand(6, 9, generator=g) < 0.3).to(DT)
     y[0, 0], y[1, 1] = 0, 1
     asl = AsymmetricLoss(gamma_neg=0, gamma_pos=0)
-    clamped = -(y * torch.log(torch.sigmoid(x).clamp(min=1e-5))
-                + (1 - y) * torch.log((1 - torch.sigmoid(x)).clamp(min=1e-5))).mean()
+    clamped = -(
+        y * torch.log(torch.sigmoid(x).clamp(min=1e-5)) + (1 - y) * torch.log((1 - torch.sigmoid(x)).clamp(min=1e-5))
+    ).mean()
     torch.testing.assert_close(asl(x, y), 1000 * clamped, rtol=1e-12, atol=1e-12)
     xm = x.clone()
     xm[0, 0] = xm[1, 1] = 0.0  # without saturation it is plain BCE
@@ -305,8 +307,13 @@ def test_prototype_loss_accepts_both_prototype_layouts_and_no_positives():
 def criterion_inputs():
     g = torch.Generator().manual_seed(9)
     B, C, P = 4, 5, 6
-    return (torch.randn(B, C, generator=g), (torch.rand(B, C, generator=g) < 0.5).double(),
-            torch.randn(B, C, P, generator=g), torch.randn(B, C, P, generator=g), torch.randn(C, P, generator=g))
+    return (
+        torch.randn(B, C, generator=g),
+        (torch.rand(B, C, generator=g) < 0.5).double(),
+        torch.randn(B, C, P, generator=g),
+        torch.randn(B, C, P, generator=g),
+        torch.randn(C, P, generator=g),
+    )
 
 
 def test_criterion_weighted_sum_and_terms():
@@ -322,8 +329,11 @@ def test_criterion_weighted_sum_and_terms():
     torch.testing.assert_close(out["loss"], asl + 100 * sample + 50 * proto)
     custom = SADCLCriterion(AsymmetricLoss(gamma_neg=0), SampleContrastiveLoss(official=True), weights=(2, 3, 4))
     out = custom(logits, y, e, bank, protos)
-    ref = (2 * AsymmetricLoss(gamma_neg=0)(logits, y)
-           + 3 * SampleContrastiveLoss(official=True)(torch.stack([e, bank], 1), y) + 4 * proto)
+    ref = (
+        2 * AsymmetricLoss(gamma_neg=0)(logits, y)
+        + 3 * SampleContrastiveLoss(official=True)(torch.stack([e, bank], 1), y)
+        + 4 * proto
+    )
     torch.testing.assert_close(out["loss"], ref)
 
 

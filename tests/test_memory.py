@@ -1,4 +1,5 @@
 """Memory bank (against the authors' per-label loop) and prototype initialisation (with a fake SADCL module)."""
+
 from __future__ import annotations
 
 import pytest
@@ -166,7 +167,7 @@ def prototype_data():
     y[:, 2] = (torch.arange(10) % 2).float()  # all confident
     h[:, 2, 0] = 4.0
     # class 3: no positive at all → keeps the model's row
-    loader = [(h[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)]
+    loader = [(h[i : i + 4], y[i : i + 4]) for i in range(0, 10, 4)]
     return h, y, loader, C, D
 
 

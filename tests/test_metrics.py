@@ -1,4 +1,7 @@
 """Tests for sadcl.metrics: AP conventions, threshold metrics, top-k, no-positive classes, input errors."""
+
+from __future__ import annotations
+
 import math
 import warnings
 
@@ -16,7 +19,6 @@ from sadcl.metrics import (
     mean_average_precision,
     threshold_metrics,
 )
-
 
 # --------------------------------------------------------------------------- references written from the definitions
 

@@ -1,4 +1,7 @@
 """The SADCL network: fidelity to the authors' architecture (REFERENCE.md a), interface, freezing."""
+
+from __future__ import annotations
+
 import math
 
 import pytest
@@ -88,11 +91,21 @@ def test_same_weights_run_at_other_resolution():
 def test_key_layout_maps_to_authors_keys():
     m = SADCL(**SMALL)
     keys = set(m.state_dict())
-    for k in ["transformer.encoder.layers.0.self_attn.in_proj_weight", "transformer.encoder.layers.0.norm2.bias",
-              "transformer.decoder.layers.1.multihead_attn.out_proj.weight", "transformer.decoder.layers.0.norm3.weight",
-              "transformer.decoder.norm.weight", "query_embed.weight", "fc.W", "fc.b",
-              "proj_head.layers.0.weight", "proj_head.layers.1.bias", "prototypes",
-              "backbone.layer4.1.bn2.running_var", "input_proj.weight"]:
+    for k in [
+        "transformer.encoder.layers.0.self_attn.in_proj_weight",
+        "transformer.encoder.layers.0.norm2.bias",
+        "transformer.decoder.layers.1.multihead_attn.out_proj.weight",
+        "transformer.decoder.layers.0.norm3.weight",
+        "transformer.decoder.norm.weight",
+        "query_embed.weight",
+        "fc.W",
+        "fc.b",
+        "proj_head.layers.0.weight",
+        "proj_head.layers.1.bias",
+        "prototypes",
+        "backbone.layer4.1.bn2.running_var",
+        "input_proj.weight",
+    ]:
         assert k in keys, k
     assert m.state_dict()["transformer.encoder.layers.0.self_attn.in_proj_weight"].shape == (192, 64)
     assert not any(k.startswith("transformer.decoder.layers.0.self_attn") for k in keys)
@@ -123,7 +136,9 @@ def test_reset_classifier_touches_only_label_parameters():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     m.reset_classifier(3, ["cat", "dog", "fish"])
     after = m.state_dict()
-    changed = {k for k in after if k not in before or after[k].shape != before[k].shape or not torch.equal(after[k], before[k])}
+    changed = {
+        k for k in after if k not in before or after[k].shape != before[k].shape or not torch.equal(after[k], before[k])
+    }
     assert changed == {"query_embed.weight", "fc.W", "fc.b", "prototypes"}
     assert m.label_names == ["cat", "dog", "fish"] and m.pretrained_cfg["label_names"] == ["cat", "dog", "fish"]
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 3)

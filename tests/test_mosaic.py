@@ -3,13 +3,16 @@
 Most tests run on a tiny synthetic Fashion-MNIST written in the original IDX format (fast, and independent
 of the system package); one test checks the installed Debian copy, or the install hint when it is absent.
 """
+
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from fakedata import write_idx
+
 from sadcl.data import (
     DEFAULT_FASHION_ROOT,
     FASHION_LABELS,
@@ -35,7 +38,7 @@ def root(tmp_path_factory):
 
 
 def _cells(mosaic):
-    return [mosaic[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28] for r in range(2) for c in range(2)]
+    return [mosaic[r * 28 : (r + 1) * 28, c * 28 : (c + 1) * 28] for r in range(2) for c in range(2)]
 
 
 def test_load_synthetic(root):

@@ -1,4 +1,7 @@
 """ONNX export: onnxruntime reproduces PyTorch's logits, with a dynamic batch dimension, at 64 and 448 px."""
+
+from __future__ import annotations
+
 import json
 
 import numpy as np

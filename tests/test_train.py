@@ -1,5 +1,6 @@
 """The fine-tuning loop (sadcl.train): objectives, checkpoints, exact resume, NaN stop, early stopping,
 fine-tuning onto a new label set, and `sadcl train` / `sadcl eval` end to end. Tiny model, CPU, seconds."""
+
 from __future__ import annotations
 
 import csv
@@ -9,22 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakedata import write_banded_fashion
 from PIL import Image
 
-from fakedata import write_banded_fashion
 from sadcl.cli import main
 from sadcl.data import MosaicDataset, eval_transform, train_transform
 from sadcl.train import checkpoint as ckpt_mod
 from sadcl.train import evaluation as evaluation_mod
 from sadcl.train.checkpoint import atomic_torch_save, load_training_checkpoint
-from sadcl.train.ema import ModelEma
 from sadcl.train.config import TrainConfig
 from sadcl.train.data import DataSpec, label_order
 from sadcl.train.early_stopping import EarlyStopping
+from sadcl.train.ema import ModelEma
+from sadcl.train.losses import PrototypeContrastiveLoss
 from sadcl.train.models import load_model
 from sadcl.train.options import config_from_options, data_specs
 from sadcl.train.trainer import NonFiniteLossError, Trainer, train
-from sadcl.train.losses import PrototypeContrastiveLoss
 from sadcl.zoo.loading import HeadChangeWarning
 from sadcl.zoo.weights import read_safetensors
 
@@ -50,13 +51,25 @@ def fashion_root(tmp_path_factory):
 
 def datasets(root, n_train=16, n_val=7, augment=True):
     tf = train_transform(SIZE) if augment else eval_transform(SIZE)
-    return (MosaicDataset("train", n_train, 0, transform=tf, root=root),
-            MosaicDataset("test", n_val, 1, transform=eval_transform(SIZE), root=root))
+    return (
+        MosaicDataset("train", n_train, 0, transform=tf, root=root),
+        MosaicDataset("test", n_val, 1, transform=eval_transform(SIZE), root=root),
+    )
 
 
 def config(out, **kw):
-    base = dict(output_dir=str(out), model="sadcl_tiny", model_args=dict(TINY), img_size=SIZE, epochs=2,
-                batch_size=8, num_workers=0, log_interval=1, progress=False, lr=1e-3)
+    base = dict(
+        output_dir=str(out),
+        model="sadcl_tiny",
+        model_args=dict(TINY),
+        img_size=SIZE,
+        epochs=2,
+        batch_size=8,
+        num_workers=0,
+        log_interval=1,
+        progress=False,
+        lr=1e-3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -109,8 +122,16 @@ def test_one_epoch_writes_checkpoint_weights_and_log(objective, fashion_root, tm
 
 def test_training_lowers_the_loss(fashion_root, tmp_path):
     train_ds, _ = datasets(fashion_root, augment=False)
-    cfg = config(tmp_path, objective="asl", gamma_neg=0, epochs=6, batch_size=4, lr=3e-3, patience=None,
-                 model_args=dict(TINY, dropout=0.0))
+    cfg = config(
+        tmp_path,
+        objective="asl",
+        gamma_neg=0,
+        epochs=6,
+        batch_size=4,
+        lr=3e-3,
+        patience=None,
+        model_args=dict(TINY, dropout=0.0),
+    )
     summary = train(cfg, train_dataset=train_ds)
     asl = [r["asl"] for r in summary["history"]]  # epoch means (1000 × BCE with γ− = 0)
     assert asl[-1] < 0.9 * asl[0], asl
@@ -164,8 +185,9 @@ def test_compiled_forward_trains_like_eager(fashion_root, tmp_path):
     train_ds, _ = datasets(fashion_root, augment=False)
     no_dropout = dict(TINY, dropout=0.0)  # compiled dropout draws other random numbers than eager
     train(config(tmp_path / "eager", epochs=1, model_args=no_dropout), train_dataset=train_ds)
-    trainer = Trainer(config(tmp_path / "compiled", epochs=1, model_args=no_dropout, compile=True),
-                      train_dataset=train_ds)
+    trainer = Trainer(
+        config(tmp_path / "compiled", epochs=1, model_args=no_dropout, compile=True), train_dataset=train_ds
+    )
     assert isinstance(trainer.forward_module, torch._dynamo.eval_frame.OptimizedModule)
     trainer.fit()
     losses = {k: [r["loss"] for r in read_log(tmp_path / k) if r["event"] == "step"] for k in ("eager", "compiled")}
@@ -177,8 +199,7 @@ def test_compiled_forward_trains_like_eager(fashion_root, tmp_path):
 
 # ----------------------------------------------------------------------------- failures
 @pytest.mark.parametrize("bad_call,where", [(3, "epoch 1, step 1"), (0, "epoch 0, step 0")])
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(bad_call, where, fashion_root, tmp_path,
-                                                                 monkeypatch):
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(bad_call, where, fashion_root, tmp_path, monkeypatch):
     calls = []
     real = PrototypeContrastiveLoss.forward
 
@@ -290,8 +311,15 @@ def test_trainer_stops_early_and_exports_the_best(fashion_root, tmp_path, monkey
     assert summary["best"] == {"mAP": 20.0, "epoch": 1, "source": "raw"}
     assert [r["epoch"] for r in read_log(tmp_path) if r["event"] == "early_stop"] == [5]
     _, meta = read_safetensors(tmp_path / "best.safetensors")
-    assert json.loads(meta["sadcl"])["training"] == {"epoch": 1, "source": "raw", "objective": "sadcl",
-                                                       "mAP": 20.0, "CF1": 20.0, "OF1": 20.0, "num_images": 7}
+    assert json.loads(meta["sadcl"])["training"] == {
+        "epoch": 1,
+        "source": "raw",
+        "objective": "sadcl",
+        "mAP": 20.0,
+        "CF1": 20.0,
+        "OF1": 20.0,
+        "num_images": 7,
+    }
 
 
 # ----------------------------------------------------------------------------- fine-tuning onto new labels
@@ -340,10 +368,34 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
     train_csv = write_csv_dataset(tmp_path, 8, 0, "train")
     val_csv = write_csv_dataset(tmp_path, 5, 1, "val")
     out = tmp_path / "run"
-    args = ["train", "--data", str(train_csv), "--val-data", str(val_csv), "--model", "sadcl_tiny",
-            "--model-arg", "hidden_dim=32", "--model-arg", "ffn_dim=32", "--model-arg", "proj_dim=16",
-            "--img-size", str(SIZE), "--epochs", "2", "--stop-after-epochs", "1", "--batch-size", "4",
-            "--num-workers", "0", "--output", str(out), "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        str(train_csv),
+        "--val-data",
+        str(val_csv),
+        "--model",
+        "sadcl_tiny",
+        "--model-arg",
+        "hidden_dim=32",
+        "--model-arg",
+        "ffn_dim=32",
+        "--model-arg",
+        "proj_dim=16",
+        "--img-size",
+        str(SIZE),
+        "--epochs",
+        "2",
+        "--stop-after-epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "epoch 0" in capsys.readouterr().out
     assert load_training_checkpoint(out)["epoch"] == 1
@@ -353,8 +405,22 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
     assert "cannot change on resume: --lr" in capsys.readouterr().err
 
     report = tmp_path / "eval.json"
-    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(val_csv),
-                 "--num-workers", "0", "--output", str(report)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "best.safetensors"),
+                "--data",
+                str(val_csv),
+                "--num-workers",
+                "0",
+                "--output",
+                str(report),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "mAP" in printed and "Top-3" in printed
     results = json.loads(report.read_text())
@@ -363,14 +429,29 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
     # A label the model does not know is an error naming it.
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("image,labels\nimg/val_0.png,cat|zebra\n")
-    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(bad_csv),
-                 "--num-workers", "0", "--output", str(report)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "best.safetensors"),
+                "--data",
+                str(bad_csv),
+                "--num-workers",
+                "0",
+                "--output",
+                str(report),
+            ]
+        )
+        == 2
+    )
     assert "zebra" in capsys.readouterr().err
 
 
 def test_options_to_config_and_clear_errors(tmp_path):
-    cfg = config_from_options({"data": "a.csv", "val_data": "b.csv", "lr": 1e-4, "model_args": ["dropout=0"],
-                               "patience": None})
+    cfg = config_from_options(
+        {"data": "a.csv", "val_data": "b.csv", "lr": 1e-4, "model_args": ["dropout=0"], "patience": None}
+    )
     assert cfg.data == DataSpec("a.csv") and cfg.val_data.path == "b.csv" and cfg.lr == 1e-4
     assert cfg.model_args == {"dropout": 0} and cfg.patience is None and cfg.epochs == 80  # recipe defaults
     assert cfg.augment == "sadcl" and TrainConfig(objective="asl").augment == "baseline"

@@ -1,4 +1,7 @@
 """sadcl.viz: attention overlays, the attention-on-cell check, embedding plots, and their CLI commands."""
+
+from __future__ import annotations
+
 import csv
 import sys
 
@@ -9,10 +12,10 @@ from PIL import Image
 
 import sadcl
 from sadcl import viz
-from sadcl.viz import measure
 from sadcl.cli import main
 from sadcl.data.mosaic import FASHION_LABELS, ITEM, load_fashion_mnist
 from sadcl.inference import attention_maps, preprocess
+from sadcl.viz import measure
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
 from sadcl.zoo.weights import save_safetensors
 
@@ -75,8 +78,9 @@ def test_overlay_attention_array_and_dict(tiny, rgb_image, tmp_path):
     assert png_size(tmp_path / "a.png") == (900, 300)
     # A dict picks panels by name; 5 panels wrap to 2 rows of 4 (the 3 unused axes are hidden).
     named = dict(zip(tiny.label_names, maps))
-    fig = viz.overlay_attention(Image.open(rgb_image), named, ["dog", "cat", "person", "car", "bus"],
-                                scores={"dog": 0.25})
+    fig = viz.overlay_attention(
+        Image.open(rgb_image), named, ["dog", "cat", "person", "car", "bus"], scores={"dog": 0.25}
+    )
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:5] == ["dog 0.25", "cat", "person", "car", "bus"] and titles[5:] == ["", "", ""]
     viz.save_figure(fig, tmp_path / "sub" / "b.png")
@@ -120,8 +124,10 @@ def test_missing_matplotlib_is_a_clear_error(tiny, rgb_image, tmp_path, monkeypa
     with pytest.raises(viz.MissingDependencyError):
         viz.plot_embeddings(tiny, PairDataset(tiny, np.eye(20)[:2]))
     out = tmp_path / "x.png"
-    assert main(["explain", "--model", "sadcl_tiny", "--checkpoint", str(tiny_checkpoint), str(rgb_image),
-                 "-o", str(out)]) == 2
+    assert (
+        main(["explain", "--model", "sadcl_tiny", "--checkpoint", str(tiny_checkpoint), str(rgb_image), "-o", str(out)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("sadcl explain: error:") and "pip install 'sadcl[viz]'" in err and not out.exists()
 
@@ -136,8 +142,9 @@ def test_cell_shares_split_attention_exactly():
     maps = torch.rand(5, 7, 2, 2)
     maps /= maps.sum((-1, -2), keepdim=True)
     assert torch.allclose(viz.cell_shares(maps), maps.flatten(-2))  # one position per cell: the identity
-    assert torch.allclose(viz.cell_shares(torch.softmax(torch.randn(6, 5, 3).flatten(1), 1).view(6, 5, 3)).sum(-1),
-                          torch.ones(6))
+    assert torch.allclose(
+        viz.cell_shares(torch.softmax(torch.randn(6, 5, 3).flatten(1), 1).view(6, 5, 3)).sum(-1), torch.ones(6)
+    )
 
 
 def test_attention_on_cell_maps_positions_to_the_right_cell(monkeypatch):
@@ -162,7 +169,7 @@ def test_single_item_mosaics_hold_one_item():
     src, src_labels = load_fashion_mnist("test")
     for img, cls, cell in zip(images, classes, cells):
         r, c = divmod(int(cell), 2)
-        inside = img[r * ITEM:(r + 1) * ITEM, c * ITEM:(c + 1) * ITEM]
+        inside = img[r * ITEM : (r + 1) * ITEM, c * ITEM : (c + 1) * ITEM]
         assert img.sum() == inside.sum() > 0  # nothing outside the item's cell
         assert any((inside == src[i]).all() for i in np.flatnonzero(src_labels == cls))
 
@@ -263,8 +270,22 @@ def test_plot_embeddings_command(tiny_checkpoint, tmp_path, capsys):
     with open(tmp_path / "data.csv", "w", newline="") as f:
         csv.writer(f).writerows([("image", "labels"), *rows])
     out = tmp_path / "emb.png"
-    assert main(["plot-embeddings", "--model", "sadcl_tiny", "--checkpoint", str(tiny_checkpoint),
-                 "--data", str(tmp_path / "data.csv"), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "plot-embeddings",
+                "--model",
+                "sadcl_tiny",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--data",
+                str(tmp_path / "data.csv"),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert png_size(out) == (800, 650) and "4 positive labels" in capsys.readouterr().out
 
 
@@ -274,8 +295,23 @@ def test_plot_embeddings_command_on_mosaics(tmp_path, capsys):
     ckpt = tmp_path / "fashion.safetensors"
     save_safetensors(export_state_dict(model), ckpt, checkpoint_metadata(model))
     out = tmp_path / "emb.png"
-    assert main(["plot-embeddings", "--model", "sadcl_fashion_mosaic", "--checkpoint", str(ckpt),
-                 "--mosaics", "12", "--raw", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "plot-embeddings",
+                "--model",
+                "sadcl_fashion_mosaic",
+                "--checkpoint",
+                str(ckpt),
+                "--mosaics",
+                "12",
+                "--raw",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert png_size(out) == (800, 650)
     with pytest.raises(SystemExit):  # argparse rejects it before anything runs
         main(["plot-embeddings", "--checkpoint", str(ckpt), "--mosaics", "4", "--method", "umap", "-o", str(out)])
@@ -283,6 +319,20 @@ def test_plot_embeddings_command_on_mosaics(tmp_path, capsys):
 
 
 def test_plot_embeddings_command_mosaics_need_fashion_labels(tiny_checkpoint, tmp_path, capsys):
-    assert main(["plot-embeddings", "--model", "sadcl_tiny", "--checkpoint", str(tiny_checkpoint),
-                 "--mosaics", "4", "-o", str(tmp_path / "x.png")]) == 2
+    assert (
+        main(
+            [
+                "plot-embeddings",
+                "--model",
+                "sadcl_tiny",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--mosaics",
+                "4",
+                "-o",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 2
+    )
     assert "Fashion-MNIST" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 Every download goes through the real ``huggingface_hub.hf_hub_download``, talking to the loopback
 ``FakeHub`` (tests/hubserver.py); nothing of huggingface_hub is mocked.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,14 +44,22 @@ def _fresh_verify_memo(monkeypatch: pytest.MonkeyPatch) -> None:
 def checkpoint_bytes(tmp_path: Path) -> bytes:
     """A small real safetensors checkpoint, with metadata."""
     path = tmp_path / "src" / "tiny.safetensors"
-    W.save_safetensors({"fc.weight": torch.arange(12.0).reshape(3, 4), "fc.bias": torch.ones(3)}, path,
-                       {"variant": "tiny", "label_names": "cat,dog,bird"})
+    W.save_safetensors(
+        {"fc.weight": torch.arange(12.0).reshape(3, 4), "fc.bias": torch.ones(3)},
+        path,
+        {"variant": "tiny", "label_names": "cat,dog,bird"},
+    )
     return path.read_bytes()
 
 
 def _record(content: bytes, revision: str | None, **overrides: object) -> WeightsRecord:
-    fields = {"hf_hub_id": REPO, "filename": FILENAME, "revision": revision,
-              "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+    fields = {
+        "hf_hub_id": REPO,
+        "filename": FILENAME,
+        "revision": revision,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+    }
     fields.update(overrides)
     return WeightsRecord(**fields)  # type: ignore[arg-type]
 
@@ -90,8 +99,10 @@ def test_fake_hub_speaks_the_download_protocol(fake_hub, hf_cache: Path) -> None
     fake_hub.add_file(REPO, "big.bin", b"x" * 1000)
 
     assert Path(hf_hub_download(REPO, "config.json")).read_bytes() == b'{"a": 1}'
-    assert fake_hub.requests == [("HEAD", f"/{REPO}/resolve/main/config.json"),
-                                 ("GET", f"/{REPO}/resolve/main/config.json")]
+    assert fake_hub.requests == [
+        ("HEAD", f"/{REPO}/resolve/main/config.json"),
+        ("GET", f"/{REPO}/resolve/main/config.json"),
+    ]
     assert (hf_cache / "models--sadcl-test--tiny" / "refs" / "main").read_text() == commit
 
     fake_hub.requests.clear()
@@ -247,8 +258,9 @@ def test_fake_hub_environment_reaches_subprocesses(fake_hub, published) -> None:
     """A fresh interpreter configured by the environment alone (HF_ENDPOINT is read at import) uses the
     fake Hub and the test's cache, as a CLI or torch.hub subprocess of a test would."""
     record, content = published
-    script = ("import huggingface_hub as h; "
-              f"print(h.hf_hub_download({REPO!r}, {FILENAME!r}, revision={record.revision!r}))")
+    script = (
+        f"import huggingface_hub as h; print(h.hf_hub_download({REPO!r}, {FILENAME!r}, revision={record.revision!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     path = Path(out.stdout.strip())
@@ -303,8 +315,14 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- weights.json
-_GOOD = {"hf_hub_id": "org/sadcl-coco-448", "filename": "model.safetensors", "revision": "0" * 40,
-         "sha256": "a" * 64, "size": 123, "file": None}
+_GOOD = {
+    "hf_hub_id": "org/sadcl-coco-448",
+    "filename": "model.safetensors",
+    "revision": "0" * 40,
+    "sha256": "a" * 64,
+    "size": 123,
+    "file": None,
+}
 
 
 def _write_table(tmp_path: Path, table: object) -> Path:
@@ -314,28 +332,41 @@ def _write_table(tmp_path: Path, table: object) -> Path:
 
 
 def test_weights_table_round_trip(tmp_path: Path) -> None:
-    table = W.load_weights_table(_write_table(tmp_path, {"schema": 1, "weights": {
-        "sadcl_coco_448": _GOOD, "sadcl_voc_448": None,
-        "sadcl_nus_448": {k: v for k, v in _GOOD.items() if k != "file"} | {"revision": None}}}))
+    table = W.load_weights_table(
+        _write_table(
+            tmp_path,
+            {
+                "schema": 1,
+                "weights": {
+                    "sadcl_coco_448": _GOOD,
+                    "sadcl_voc_448": None,
+                    "sadcl_nus_448": {k: v for k, v in _GOOD.items() if k != "file"} | {"revision": None},
+                },
+            },
+        )
+    )
     assert table["sadcl_coco_448"] == WeightsRecord(**_GOOD) and table["sadcl_coco_448"].has_hub
     assert table["sadcl_voc_448"] is None
     assert not table["sadcl_nus_448"].has_hub and table["sadcl_nus_448"].file is None
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"sha256": None}, "field 'sha256' has the wrong type"),
-    ({"sha256": "abc"}, "'sha256' must be 64"),
-    ({"sha256": "A" * 64}, "'sha256' must be 64"),
-    ({"revision": "main"}, "'revision' must be a pinned 40-character"),
-    ({"size": "123"}, "field 'size' has the wrong type"),
-    ({"size": True}, "field 'size' has the wrong type"),
-    ({"size": 0}, "'size' must be a positive integer"),
-    ({"hf_hub_id": "no-slash"}, "'hf_hub_id' must look like 'org/name'"),
-    ({"filename": "model.pth"}, "'filename' must name a .safetensors file"),
-    ({"file": "../../evil.safetensors"}, "'file' must be a path relative"),
-    ({"revison": "0" * 40}, r"unknown field\(s\) \['revison'\]"),
-    ({"hf_hub_id": ...}, "missing the field 'hf_hub_id'"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"sha256": None}, "field 'sha256' has the wrong type"),
+        ({"sha256": "abc"}, "'sha256' must be 64"),
+        ({"sha256": "A" * 64}, "'sha256' must be 64"),
+        ({"revision": "main"}, "'revision' must be a pinned 40-character"),
+        ({"size": "123"}, "field 'size' has the wrong type"),
+        ({"size": True}, "field 'size' has the wrong type"),
+        ({"size": 0}, "'size' must be a positive integer"),
+        ({"hf_hub_id": "no-slash"}, "'hf_hub_id' must look like 'org/name'"),
+        ({"filename": "model.pth"}, "'filename' must name a .safetensors file"),
+        ({"file": "../../evil.safetensors"}, "'file' must be a path relative"),
+        ({"revison": "0" * 40}, r"unknown field\(s\) \['revison'\]"),
+        ({"hf_hub_id": ...}, "missing the field 'hf_hub_id'"),
+    ],
+)
 def test_weights_table_errors_name_variant_and_field(tmp_path: Path, change: dict, expected: str) -> None:
     entry = {k: v for k, v in {**_GOOD, **change}.items() if v is not ...}
     path = _write_table(tmp_path, {"schema": 1, "weights": {"sadcl_coco_448": entry}})
@@ -344,15 +375,18 @@ def test_weights_table_errors_name_variant_and_field(tmp_path: Path, change: dic
     assert "'sadcl_coco_448'" in str(info.value) and str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("content, expected", [
-    ('{"schema": 2, "weights": {}}', "schema"),
-    ('{"weights": {}}', "schema"),
-    ('{"schema": 1}', "\"weights\""),
-    ('{"schema": 1, "weights": {"v": 3}}', "variant 'v' must be null or an object"),
-    ('{"schema": 1, "weights": {}, "extra": 1}', "unknown top-level"),
-    ("[1, 2]", "schema"),
-    ("{oops", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"schema": 2, "weights": {}}', "schema"),
+        ('{"weights": {}}', "schema"),
+        ('{"schema": 1}', '"weights"'),
+        ('{"schema": 1, "weights": {"v": 3}}', "variant 'v' must be null or an object"),
+        ('{"schema": 1, "weights": {}, "extra": 1}', "unknown top-level"),
+        ("[1, 2]", "schema"),
+        ("{oops", "not valid JSON"),
+    ],
+)
 def test_weights_table_structure_errors(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "weights.json"
     path.write_text(content)

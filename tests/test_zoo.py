@@ -1,4 +1,7 @@
 """Variants, timm registration, weights.json, strict loading and verified Hub downloads through create_model."""
+
+from __future__ import annotations
+
 import json
 import subprocess
 import sys
@@ -10,7 +13,13 @@ import torch
 import sadcl
 from sadcl.zoo import VARIANTS, pretrained_cfg_for, read_labels
 from sadcl.zoo.loading import HeadChangeWarning, checkpoint_metadata, export_state_dict
-from sadcl.zoo.weights import ChecksumError, NoPretrainedWeightsError, WeightsDownloadError, load_weights_table, save_safetensors
+from sadcl.zoo.weights import (
+    ChecksumError,
+    NoPretrainedWeightsError,
+    WeightsDownloadError,
+    load_weights_table,
+    save_safetensors,
+)
 
 SMALL = dict(backbone="test_resnet", hidden_dim=32, ffn_dim=32, proj_dim=16, img_size=64)
 REPO = "sadcl-test/sadcl_tiny"
@@ -64,8 +73,14 @@ def test_weights_table_is_the_single_source_of_truth():
     table = load_weights_table()
     assert set(table) == set(VARIANTS), "every variant has an entry (null when unpublished), and only variants"
     assert set(sadcl.list_pretrained()) == {n for n, r in table.items() if r is not None}
-    for name in ("sadcl_coco_448", "sadcl_coco_576", "sadcl_voc2007_448", "sadcl_voc2012_448",
-                 "sadcl_nuswide_448", "sadcl_vg500_576"):
+    for name in (
+        "sadcl_coco_448",
+        "sadcl_coco_576",
+        "sadcl_voc2007_448",
+        "sadcl_voc2012_448",
+        "sadcl_nuswide_448",
+        "sadcl_vg500_576",
+    ):
         assert table[name] is None  # the authors released no checkpoint
 
 
@@ -107,15 +122,17 @@ def test_checkpoint_path_round_trip(tmp_path):
     assert not next(model.backbone.parameters()).requires_grad  # frozen stem
     half = {k: v.half() if v.is_floating_point() else v for k, v in export_state_dict(src).items()}
     save_safetensors(half, tmp_path / "half.safetensors", checkpoint_metadata(src))
-    assert {p.dtype for p in sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "half.safetensors")
-            .parameters()} == {torch.float32}  # a float16 file still gives a float32 model
+    assert {
+        p.dtype for p in sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "half.safetensors").parameters()
+    } == {torch.float32}  # a float16 file still gives a float32 model
 
 
 def test_head_change_reinitialises_only_label_parameters(tmp_path):
     src, _ = _save_tiny(tmp_path / "m.safetensors")
     with pytest.warns(HeadChangeWarning, match="query_embed.weight, fc.W, fc.b, prototypes"):
-        model = sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "m.safetensors",
-                                   label_names=["cat", "dog", "fish"])
+        model = sadcl.create_model(
+            "sadcl_tiny", checkpoint_path=tmp_path / "m.safetensors", label_names=["cat", "dog", "fish"]
+        )
     theirs, ours = src.state_dict(), model.state_dict()
     class_dim = {"query_embed.weight": 0, "fc.W": 1, "fc.b": 1, "prototypes": 0}
     for k, v in ours.items():
@@ -125,8 +142,9 @@ def test_head_change_reinitialises_only_label_parameters(tmp_path):
             assert torch.equal(v, theirs[k]), k
     # Same count but other names is a head change too
     with pytest.warns(HeadChangeWarning):
-        sadcl.create_model("sadcl_tiny", checkpoint_path=tmp_path / "m.safetensors",
-                           label_names=[f"x{i}" for i in range(20)])
+        sadcl.create_model(
+            "sadcl_tiny", checkpoint_path=tmp_path / "m.safetensors", label_names=[f"x{i}" for i in range(20)]
+        )
 
 
 def test_loading_is_strict(tmp_path):
@@ -173,7 +191,7 @@ def test_pretrained_download_verify_and_cache(published_tiny, fake_hub, hf_cache
     x = torch.randn(1, 3, 64, 64)
     model = sadcl.create_model("sadcl_tiny", pretrained=True).eval()
     assert torch.equal(model(x), src(x))
-    assert ("GET" in {m for m, _ in fake_hub.requests})
+    assert "GET" in {m for m, _ in fake_hub.requests}
     n = len(fake_hub.requests)
     sadcl.create_model("sadcl_tiny", pretrained=True)  # pinned revision, cached: no request at all
     assert len(fake_hub.requests) == n
@@ -205,8 +223,10 @@ def test_cache_dir_is_honoured(published_tiny, tmp_path):
 
 def test_hf_endpoint_mirror_in_a_fresh_process(published_tiny, tmp_path):
     """HF_ENDPOINT (a mirror) is read by huggingface_hub at import: check it in a new interpreter."""
-    code = ("import sadcl, torch; m = sadcl.create_model('sadcl_tiny', pretrained=True); "
-            "print(m(torch.zeros(1, 3, 64, 64)).shape)")
+    code = (
+        "import sadcl, torch; m = sadcl.create_model('sadcl_tiny', pretrained=True); "
+        "print(m(torch.zeros(1, 3, 64, 64)).shape)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "torch.Size([1, 20])" in out.stdout

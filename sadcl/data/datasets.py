@@ -6,6 +6,7 @@ tensor) and ``paths`` (N image paths). Label mistakes are errors, never silent: 
 row, a bad image names its file. With ``skip_bad=True`` every image is decoded once at construction and the
 unreadable ones are dropped together with their target rows (``num_skipped``, ``skipped`` record them).
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,9 +16,10 @@ import re
 import stat
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -45,9 +47,27 @@ PathLike = Union[str, os.PathLike]
 LabelNames = Union[Sequence[str], PathLike]
 Transform = Callable[[Image.Image], torch.Tensor]
 
-VOC_CLASSES: Tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 # Separators of the `labels` column of a CSV file: "cat|dog" or "cat;dog".
@@ -57,7 +77,7 @@ _LABEL_SPLIT = re.compile(r"[|;]")
 # ----------------------------------------------------------------------------- label names
 
 
-def read_label_names(path: PathLike) -> List[str]:
+def read_label_names(path: PathLike) -> list[str]:
     """Read a label-name file: plain text, one name per line (blank lines ignored)."""
     path = Path(path)
     if not path.is_file():
@@ -73,12 +93,12 @@ def write_label_names(path: PathLike, names: Sequence[str]) -> Path:
     return path
 
 
-def make_label_names(label_sets: Iterable[Iterable[str]]) -> List[str]:
+def make_label_names(label_sets: Iterable[Iterable[str]]) -> list[str]:
     """Label names from data: the sorted union of the labels of every sample."""
     return sorted({label for labels in label_sets for label in labels})
 
 
-def _check_names(names: List[str], where: str) -> List[str]:
+def _check_names(names: list[str], where: str) -> list[str]:
     if not names:
         raise ValueError(f"{where}: no label names")
     seen = set()
@@ -91,7 +111,7 @@ def _check_names(names: List[str], where: str) -> List[str]:
     return names
 
 
-def _resolve_names(label_names: Optional[LabelNames]) -> Optional[List[str]]:
+def _resolve_names(label_names: LabelNames | None) -> list[str] | None:
     """`label_names` may be a sequence of names or the path of a label-name file."""
     if label_names is None:
         return None
@@ -136,7 +156,7 @@ class MultiLabelDataset(Dataset):
         paths: Sequence[PathLike],
         targets,
         label_names: Sequence[str],
-        transform: Optional[Transform] = None,
+        transform: Transform | None = None,
         skip_bad: bool = False,
     ) -> None:
         targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
@@ -147,11 +167,11 @@ class MultiLabelDataset(Dataset):
                 f"{type(self).__name__}: targets have shape {tuple(targets.shape)}, expected "
                 f"[{len(paths)} images, {len(label_names)} labels]"
             )
-        self.label_names: List[str] = label_names
+        self.label_names: list[str] = label_names
         self.transform = transform
-        self.skipped: List[str] = []
+        self.skipped: list[str] = []
         # Position of each kept sample in the source listing (lets subclasses keep side data aligned).
-        self.source_index: List[int] = list(range(len(paths)))
+        self.source_index: list[int] = list(range(len(paths)))
         if skip_bad:
             keep = self._verify(paths)
             self.skipped = [p for p, ok in zip(paths, keep) if not ok]
@@ -160,15 +180,14 @@ class MultiLabelDataset(Dataset):
             targets = targets[torch.as_tensor(keep, dtype=torch.bool)]
             if self.skipped:
                 warnings.warn(
-                    f"{type(self).__name__}: skipped {len(self.skipped)} unreadable image(s), "
-                    f"e.g. {self.skipped[0]}",
+                    f"{type(self).__name__}: skipped {len(self.skipped)} unreadable image(s), e.g. {self.skipped[0]}",
                     stacklevel=3,
                 )
-        self.paths: List[str] = paths
+        self.paths: list[str] = paths
         self.targets: torch.Tensor = targets.contiguous()
 
     @staticmethod
-    def _verify(paths: Sequence[str]) -> List[bool]:
+    def _verify(paths: Sequence[str]) -> list[bool]:
         # Pillow releases the GIL while decoding, so a few threads make the one-off pass much faster.
         workers = max(1, min(8, os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -185,7 +204,7 @@ class MultiLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img = load_image(self.paths[index])  # ImageLoadError names the file
         x = self.transform(img) if self.transform is not None else _to_tensor(img)
         return x, self.targets[index].clone()
@@ -204,7 +223,7 @@ def _join(root: Path, name: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def missing_files(paths: Iterable[PathLike]) -> List[str]:
+def missing_files(paths: Iterable[PathLike]) -> list[str]:
     """The paths that are not regular files (missing, folders, FIFOs, devices, broken links): one ``stat``
     each, nothing opened or decoded, so a whole dataset is checked in seconds before any work starts."""
     missing = []
@@ -221,7 +240,7 @@ def missing_files(paths: Iterable[PathLike]) -> List[str]:
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
 
 
-def _worker_original(error: BaseException) -> Optional[BaseException]:
+def _worker_original(error: BaseException) -> BaseException | None:
     """The error a DataLoader worker raised, rebuilt with its own one-line message (``None`` when ``error``
     is not a re-raised worker error or the original cannot be recovered)."""
     text = str(error.args[0]) if error.args and isinstance(error.args[0], str) else ""
@@ -237,7 +256,7 @@ def _worker_original(error: BaseException) -> Optional[BaseException]:
     if at < 0:
         return None
     try:
-        original = kind(text[at + len(marker):].rstrip("\n"))
+        original = kind(text[at + len(marker) :].rstrip("\n"))
     except Exception:
         return None
     original.worker_traceback = text  # kept for debugging (SADCL_DEBUG shows the unwrapped error only)
@@ -252,7 +271,7 @@ class unwrap_worker_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Optional[type], error: Optional[BaseException], tb: object) -> bool:
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> bool:
         del tb  # this frame is part of the new error's traceback: it must not hold the old one's frames
         original = _worker_original(error) if isinstance(error, Exception) else None
         if original is None:
@@ -284,9 +303,9 @@ class CSVDataset(MultiLabelDataset):
     def __init__(
         self,
         csv_path: PathLike,
-        image_root: Optional[PathLike] = None,
-        label_names: Optional[LabelNames] = None,
-        transform: Optional[Transform] = None,
+        image_root: PathLike | None = None,
+        label_names: LabelNames | None = None,
+        transform: Transform | None = None,
         skip_bad: bool = False,
     ) -> None:
         csv_path = Path(csv_path)
@@ -359,7 +378,7 @@ class CocoDataset(MultiLabelDataset):
         self,
         instances_json: PathLike,
         image_dir: PathLike,
-        transform: Optional[Transform] = None,
+        transform: Transform | None = None,
         skip_bad: bool = False,
     ) -> None:
         instances_json = Path(instances_json)
@@ -380,14 +399,12 @@ class CocoDataset(MultiLabelDataset):
             if ann.get("image_id") not in img_index:
                 raise ValueError(f"{where} refers to image id {ann.get('image_id')!r}, which is not in 'images'")
             if ann.get("category_id") not in cat_index:
-                raise ValueError(
-                    f"{where} has category id {ann.get('category_id')!r}, which is not in 'categories'"
-                )
+                raise ValueError(f"{where} has category id {ann.get('category_id')!r}, which is not in 'categories'")
             targets[img_index[ann["image_id"]], cat_index[ann["category_id"]]] = 1.0
         image_dir = Path(image_dir)
         paths = [_join(image_dir, im["file_name"]) for im in images]
         super().__init__(paths, targets, [c["name"] for c in cats], transform, skip_bad)
-        self.image_ids: List[int] = [images[i]["id"] for i in self.source_index]
+        self.image_ids: list[int] = [images[i]["id"] for i in self.source_index]
 
 
 # ----------------------------------------------------------------------------- Pascal VOC
@@ -408,7 +425,7 @@ class VOCDataset(MultiLabelDataset):
         root: PathLike,
         split: str = "trainval",
         year: str = "2007",
-        transform: Optional[Transform] = None,
+        transform: Transform | None = None,
         difficult: str = "negative",
         skip_bad: bool = False,
     ) -> None:
@@ -434,8 +451,12 @@ class VOCDataset(MultiLabelDataset):
 
     @staticmethod
     def _find_root(root: Path, year: str) -> Path:
-        tried = [root, root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}",
-                 root / f"VOC{year}" / "VOCdevkit" / f"VOC{year}"]
+        tried = [
+            root,
+            root / f"VOC{year}",
+            root / "VOCdevkit" / f"VOC{year}",
+            root / f"VOC{year}" / "VOCdevkit" / f"VOC{year}",
+        ]
         for cand in tried:
             if (cand / "Annotations").is_dir() and (cand / "ImageSets" / "Main").is_dir():
                 return cand
@@ -445,7 +466,7 @@ class VOCDataset(MultiLabelDataset):
         )
 
     @staticmethod
-    def _objects(xml_path: Path) -> List[Tuple[str, bool]]:
+    def _objects(xml_path: Path) -> list[tuple[str, bool]]:
         if not xml_path.is_file():
             raise FileNotFoundError(
                 f"VOC annotation {xml_path} not found (test splits without released annotations cannot be "
@@ -479,9 +500,9 @@ class FolderDataset(MultiLabelDataset):
         self,
         image_dir: PathLike,
         labels_file: PathLike,
-        transform: Optional[Transform] = None,
+        transform: Transform | None = None,
         skip_bad: bool = False,
-        label_names: Optional[LabelNames] = None,
+        label_names: LabelNames | None = None,
     ) -> None:
         image_dir, labels_file = Path(image_dir), Path(labels_file)
         if not labels_file.is_file():
@@ -496,7 +517,7 @@ class FolderDataset(MultiLabelDataset):
         super().__init__([_join(image_dir, f) for f in files], targets, names, transform, skip_bad)
 
     @staticmethod
-    def _read_text(path: Path) -> Tuple[List[str], List[List[str]], List[str]]:
+    def _read_text(path: Path) -> tuple[list[str], list[list[str]], list[str]]:
         files, label_sets, where = [], [], []
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             fields = line.split("#", 1)[0].split()
@@ -508,9 +529,7 @@ class FolderDataset(MultiLabelDataset):
         return files, label_sets, where
 
     @staticmethod
-    def _read_json(
-        path: Path, names: Optional[List[str]]
-    ) -> Tuple[List[str], List[List[str]], List[str]]:
+    def _read_json(path: Path, names: list[str] | None) -> tuple[list[str], list[list[str]], list[str]]:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         if not isinstance(data, dict):

@@ -9,6 +9,7 @@ item is shared. Everything is deterministic given the seed (a NumPy Generator).
 The data comes from Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``),
 or any folder with the four original ``*-ubyte(.gz)`` files (``root=`` or ``$SADCL_FASHION_MNIST``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,7 @@ import gzip
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -33,8 +34,17 @@ __all__ = [
     "write_mosaics",
 ]
 
-FASHION_LABELS: Tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+FASHION_LABELS: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 DEFAULT_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 ITEM = 28  # side of one Fashion-MNIST item
@@ -53,7 +63,7 @@ def _split_prefix(split: str) -> str:
     return _PREFIX[split]
 
 
-def _root(root: Optional[PathLike]) -> Path:
+def _root(root: PathLike | None) -> Path:
     return Path(root if root is not None else os.environ.get("SADCL_FASHION_MNIST", DEFAULT_FASHION_ROOT))
 
 
@@ -90,7 +100,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _load_cached(prefix: str, root: str) -> Tuple[np.ndarray, np.ndarray]:
+def _load_cached(prefix: str, root: str) -> tuple[np.ndarray, np.ndarray]:
     images = _read_idx(_find(Path(root), f"{prefix}-images-idx3-ubyte"), _MAGIC_IMAGES, 3)
     labels = _read_idx(_find(Path(root), f"{prefix}-labels-idx1-ubyte"), _MAGIC_LABELS, 1).astype(np.int64)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (ITEM, ITEM):
@@ -102,7 +112,7 @@ def _load_cached(prefix: str, root: str) -> Tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_fashion_mnist(split: str, root: Optional[PathLike] = None) -> Tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str, root: PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST ``split`` ("train": 60k, "test" = t10k: 10k) as read-only (uint8 [N, 28, 28], int64 [N]).
 
     Cached per process and root.
@@ -111,8 +121,8 @@ def load_fashion_mnist(split: str, root: Optional[PathLike] = None) -> Tuple[np.
 
 
 def make_mosaics(
-    split: str, n: int, seed: int, root: Optional[PathLike] = None
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    split: str, n: int, seed: int, root: PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Compose ``n`` mosaics from ``split``, deterministically from ``seed``.
 
     Returns:
@@ -139,7 +149,7 @@ def make_mosaics(
     for k in range(cells):
         r, c = divmod(k, GRID)
         has = filled[:, k]
-        images[has, r * ITEM:(r + 1) * ITEM, c * ITEM:(c + 1) * ITEM] = src_images[items[has, k]]
+        images[has, r * ITEM : (r + 1) * ITEM, c * ITEM : (c + 1) * ITEM] = src_images[items[has, k]]
         targets[rows[has], src_labels[items[has, k]]] = 1.0
     return images, targets, items
 
@@ -165,8 +175,8 @@ class MosaicDataset(Dataset):
         split: str,
         n: int,
         seed: int,
-        transform: Optional[Callable[[Image.Image], torch.Tensor]] = None,
-        root: Optional[PathLike] = None,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        root: PathLike | None = None,
     ) -> None:
         images, targets, items = make_mosaics(split, n, seed, root)
         self.split, self.seed, self.transform = split, seed, transform
@@ -180,7 +190,7 @@ class MosaicDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img = mosaic_to_pil(self.images[index])
         if self.transform is not None:
             x = self.transform(img)
@@ -192,9 +202,7 @@ class MosaicDataset(Dataset):
         return f"{type(self).__name__}(split={self.split!r}, n={len(self)}, seed={self.seed})"
 
 
-def write_mosaics(
-    out_dir: PathLike, split: str, n: int, seed: int, root: Optional[PathLike] = None
-) -> Path:
+def write_mosaics(out_dir: PathLike, split: str, n: int, seed: int, root: PathLike | None = None) -> Path:
     """Write ``n`` mosaics as RGB PNGs plus ``<out_dir>/<split>.csv`` and ``<out_dir>/labels.txt``.
 
     The CSV has columns ``image`` (relative to ``out_dir``), ``labels`` (``|``-separated class names) and

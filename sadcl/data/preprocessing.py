@@ -6,11 +6,13 @@ it in exactly one place (:func:`sadcl.data.transforms.eval_transform`), and timm
 ``timm.data.create_transform(**timm.data.resolve_model_data_config(model))`` builds the same pipeline from the
 same keys: ``crop_mode="squash"`` with ``crop_pct=1.0`` is the authors' Resize((s, s)), no crop.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -56,22 +58,31 @@ class Preprocessing:
         if not isinstance(data, Mapping):
             raise PreprocessingError(f"{where}: expected an object, got {type(data).__name__}")
         size = data.get("input_size")
-        if (not isinstance(size, (list, tuple)) or len(size) != 3 or not all(_is_int(v) for v in size)
-                or size[0] != 3 or not all(1 <= v <= MAX_IMG_SIZE for v in size[1:])):
-            raise PreprocessingError(f"{where}: input_size must be [3, H, W] with 1 <= H, W <= {MAX_IMG_SIZE}, "
-                                     f"got {_short(size)}")
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 3
+            or not all(_is_int(v) for v in size)
+            or size[0] != 3
+            or not all(1 <= v <= MAX_IMG_SIZE for v in size[1:])
+        ):
+            raise PreprocessingError(
+                f"{where}: input_size must be [3, H, W] with 1 <= H, W <= {MAX_IMG_SIZE}, got {_short(size)}"
+            )
         mean = _triple(data.get("mean", IMAGENET_MEAN), f"{where}: mean", positive=False)
         std = _triple(data.get("std", IMAGENET_STD), f"{where}: std", positive=True)
         interpolation = data.get("interpolation", "bilinear")
         if interpolation not in INTERPOLATIONS:
-            raise PreprocessingError(f"{where}: interpolation must be one of {list(INTERPOLATIONS)}, "
-                                     f"got {_short(interpolation)}")
+            raise PreprocessingError(
+                f"{where}: interpolation must be one of {list(INTERPOLATIONS)}, got {_short(interpolation)}"
+            )
         crop_pct = data.get("crop_pct", 1.0)
         crop_mode = data.get("crop_mode", "squash")
         if crop_pct != 1.0 or crop_mode != "squash":
             # SADCL is evaluated on the whole image squashed to a square (REFERENCE d.2): no other mode exists.
-            raise PreprocessingError(f"{where}: sadcl evaluates with crop_mode 'squash' and crop_pct 1.0, "
-                                     f"got {_short(crop_mode)} / {_short(crop_pct)}")
+            raise PreprocessingError(
+                f"{where}: sadcl evaluates with crop_mode 'squash' and crop_pct 1.0, "
+                f"got {_short(crop_mode)} / {_short(crop_pct)}"
+            )
         return cls(input_size=(3, int(size[1]), int(size[2])), mean=mean, std=std, interpolation=interpolation)
 
     def transform(self):
@@ -91,8 +102,11 @@ def _short(v: Any) -> str:
 
 
 def _triple(v: Any, where: str, *, positive: bool) -> tuple[float, float, float]:
-    ok = (isinstance(v, (list, tuple)) and len(v) == 3
-          and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+    ok = (
+        isinstance(v, (list, tuple))
+        and len(v) == 3
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    )
     if ok and positive:
         ok = all(x > 0 for x in v)  # a zero std turns every score into NaN
     if not ok:
@@ -107,9 +121,10 @@ def from_pretrained_cfg(cfg: Mapping[str, Any], fallback_size: int | Sequence[in
     if "input_size" not in data and fallback_size is not None:
         s = fallback_size if isinstance(fallback_size, int) else fallback_size[-1]
         data["input_size"] = (3, s, s)
-    return Preprocessing.from_dict({k: data[k] for k in ("input_size", "mean", "std", "interpolation",
-                                                         "crop_pct", "crop_mode") if k in data},
-                                   "pretrained_cfg")
+    return Preprocessing.from_dict(
+        {k: data[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode") if k in data},
+        "pretrained_cfg",
+    )
 
 
 def create_transform(model_or_cfg: Any, *, training: bool = False, recipe: str = "sadcl"):
@@ -122,12 +137,12 @@ def create_transform(model_or_cfg: Any, *, training: bool = False, recipe: str =
     """
     cfg = model_or_cfg if isinstance(model_or_cfg, Mapping) else getattr(model_or_cfg, "pretrained_cfg", None)
     if not isinstance(cfg, Mapping):
-        raise TypeError(f"create_transform needs a model with a pretrained_cfg or a mapping, got "
-                        f"{type(model_or_cfg).__name__}")
+        raise TypeError(
+            f"create_transform needs a model with a pretrained_cfg or a mapping, got {type(model_or_cfg).__name__}"
+        )
     pre = from_pretrained_cfg(cfg)
     if not training:
         return pre.transform()
     from .transforms import train_transform
 
-    return train_transform(pre.img_size[0], recipe=recipe, mean=pre.mean, std=pre.std,
-                           interpolation=pre.interpolation)
+    return train_transform(pre.img_size[0], recipe=recipe, mean=pre.mean, std=pre.std, interpolation=pre.interpolation)

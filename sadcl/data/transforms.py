@@ -9,10 +9,12 @@
 All randomness comes from Python's `random` (and torch's RNG for the flip); PyTorch's DataLoader seeds both
 in each worker, so a seeded run reproduces its augmentations.
 """
+
 from __future__ import annotations
 
 import random
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Callable
 
 from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms as T
@@ -45,7 +47,7 @@ def _interpolation(name: str) -> InterpolationMode:
     return InterpolationMode(name)
 
 
-def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     """An int side or an (h, w) pair (torchvision's convention) -> (h, w)."""
     if isinstance(size, int):
         return size, size
@@ -79,7 +81,7 @@ class MultiScaleCrop:
 
     def __init__(
         self,
-        size: Union[int, Sequence[int]],
+        size: int | Sequence[int],
         scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66, 0.5),
         max_distort: int = 2,
         fix_crop: bool = True,
@@ -96,7 +98,7 @@ class MultiScaleCrop:
         self.fix_crop = bool(fix_crop)
         self.interpolation = interpolation
 
-    def crop_sizes(self, width: int, height: int) -> List[Tuple[int, int]]:
+    def crop_sizes(self, width: int, height: int) -> list[tuple[int, int]]:
         """Allowed (crop_w, crop_h) pairs for an image of this size."""
         base = min(width, height)
         sides = [int(base * s) for s in self.scales]
@@ -106,25 +108,30 @@ class MultiScaleCrop:
         # a snapped side can exceed a small image; never crop outside it
         crop_h = [min(h, height) for h in crop_h]
         crop_w = [min(w, width) for w in crop_w]
-        return [
-            (w, h)
-            for i, h in enumerate(crop_h)
-            for j, w in enumerate(crop_w)
-            if abs(i - j) <= self.max_distort
-        ]
+        return [(w, h) for i, h in enumerate(crop_h) for j, w in enumerate(crop_w) if abs(i - j) <= self.max_distort]
 
     @staticmethod
-    def fixed_offsets(width: int, height: int, crop_w: int, crop_h: int) -> List[Tuple[int, int]]:
+    def fixed_offsets(width: int, height: int, crop_w: int, crop_h: int) -> list[tuple[int, int]]:
         """The 13 fixed (left, top) positions of a crop_w x crop_h crop."""
         sw, sh = (width - crop_w) // 4, (height - crop_h) // 4
         grid = [
-            (0, 0), (4, 0), (0, 4), (4, 4), (2, 2),  # corners and centre
-            (0, 2), (4, 2), (2, 4), (2, 0),  # edge centres: left, right, bottom, top
-            (1, 1), (3, 1), (1, 3), (3, 3),  # quarter points
+            (0, 0),
+            (4, 0),
+            (0, 4),
+            (4, 4),
+            (2, 2),  # corners and centre
+            (0, 2),
+            (4, 2),
+            (2, 4),
+            (2, 0),  # edge centres: left, right, bottom, top
+            (1, 1),
+            (3, 1),
+            (1, 3),
+            (3, 3),  # quarter points
         ]
         return [(gx * sw, gy * sh) for gx, gy in grid]
 
-    def get_params(self, width: int, height: int) -> Tuple[int, int, int, int]:
+    def get_params(self, width: int, height: int) -> tuple[int, int, int, int]:
         """Draw (left, top, crop_w, crop_h) for an image of this size."""
         crop_w, crop_h = random.choice(self.crop_sizes(width, height))
         if self.fix_crop:
@@ -140,8 +147,10 @@ class MultiScaleCrop:
         return crop.resize((out_w, out_h), _PIL_RESAMPLE[self.interpolation])
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(size={self.size}, scales={self.scales}, max_distort={self.max_distort}, "
-                f"fix_crop={self.fix_crop})")
+        return (
+            f"{type(self).__name__}(size={self.size}, scales={self.scales}, max_distort={self.max_distort}, "
+            f"fix_crop={self.fix_crop})"
+        )
 
 
 # ----------------------------------------------------------------------------- Cutout
@@ -159,7 +168,7 @@ class CutoutPIL:
             raise ValueError(f"size_frac must be in (0, 1], got {size_frac}")
         self.size_frac = float(size_frac)
 
-    def get_params(self, width: int, height: int) -> Tuple[Tuple[int, int, int, int], Tuple[int, ...]]:
+    def get_params(self, width: int, height: int) -> tuple[tuple[int, int, int, int], tuple[int, ...]]:
         """Draw the hole's box (left, top, right, bottom; right/bottom exclusive) and its RGB colour."""
         side = max(1, int(round(self.size_frac * min(width, height))))
         cx, cy = random.randrange(width), random.randrange(height)
@@ -190,7 +199,7 @@ def _signed(v: float) -> float:
     return v if random.random() < 0.5 else -v
 
 
-def _affine(img: Image.Image, coeffs: Tuple[float, ...], fill) -> Image.Image:
+def _affine(img: Image.Image, coeffs: tuple[float, ...], fill) -> Image.Image:
     return img.transform(img.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=fill)
 
 
@@ -206,7 +215,7 @@ def _cutout(img: Image.Image, level: float, fill) -> Image.Image:
     return out
 
 
-RANDAUGMENT_OPS: Dict[str, Callable[[Image.Image, float, Tuple[int, int, int]], Image.Image]] = {
+RANDAUGMENT_OPS: dict[str, Callable[[Image.Image, float, tuple[int, int, int]], Image.Image]] = {
     "Invert": lambda img, lv, fill: ImageOps.invert(img),
     "Cutout": _cutout,
     "Sharpness": lambda img, lv, fill: ImageEnhance.Sharpness(img).enhance(1.0 + _signed(0.9 * lv)),
@@ -235,10 +244,10 @@ class RandAugment:
     def __init__(
         self,
         num_ops: int = 2,
-        magnitudes: Tuple[int, int] = (1, 9),
+        magnitudes: tuple[int, int] = (1, 9),
         p: float = 0.5,
-        fill: Tuple[int, int, int] = (128, 128, 128),
-        ops: Optional[Sequence[str]] = None,
+        fill: tuple[int, int, int] = (128, 128, 128),
+        ops: Sequence[str] | None = None,
     ) -> None:
         ops = list(RANDAUGMENT_OPS) if ops is None else list(ops)
         unknown = [o for o in ops if o not in RANDAUGMENT_OPS]
@@ -274,7 +283,7 @@ class RandAugment:
 
 
 def eval_transform(
-    img_size: Union[int, Sequence[int]],
+    img_size: int | Sequence[int],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     interpolation: str = "bilinear",
@@ -284,11 +293,13 @@ def eval_transform(
     The one evaluation preprocessing of the package (``sadcl.predict``, ``sadcl eval``, training's validation);
     timm's ``create_transform`` with ``crop_mode="squash", crop_pct=1.0`` builds the same steps.
     """
-    return T.Compose([
-        T.Resize(_pair(img_size), interpolation=_interpolation(interpolation)),
-        T.ToTensor(),
-        T.Normalize(mean=list(mean), std=list(std)),
-    ])
+    return T.Compose(
+        [
+            T.Resize(_pair(img_size), interpolation=_interpolation(interpolation)),
+            T.ToTensor(),
+            T.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
 
 
 def train_transform(
@@ -311,8 +322,7 @@ def train_transform(
     tail = [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
     if recipe == "sadcl":
         big = img_size * 512 // 448
-        ops = [T.Resize((big, big), interpolation=mode),
-               MultiScaleCrop(img_size, interpolation=interpolation)]
+        ops = [T.Resize((big, big), interpolation=mode), MultiScaleCrop(img_size, interpolation=interpolation)]
         if flip:
             ops.append(T.RandomHorizontalFlip())
         return T.Compose(ops + tail)

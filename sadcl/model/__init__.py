@@ -1,6 +1,15 @@
 """The SADCL network: knows nothing of files, the Hub or training."""
-from .sadcl import CONSTRUCTOR_KEYS, LABEL_SPECIFIC_KEYS, SADCL, GroupWiseLinear, ProjectionHead
-from .position import sine_position_encoding
 
-__all__ = ["SADCL", "CONSTRUCTOR_KEYS", "GroupWiseLinear", "ProjectionHead", "LABEL_SPECIFIC_KEYS",
-           "sine_position_encoding"]
+from __future__ import annotations
+
+from .position import sine_position_encoding
+from .sadcl import CONSTRUCTOR_KEYS, LABEL_SPECIFIC_KEYS, SADCL, GroupWiseLinear, ProjectionHead
+
+__all__ = [
+    "SADCL",
+    "CONSTRUCTOR_KEYS",
+    "GroupWiseLinear",
+    "ProjectionHead",
+    "LABEL_SPECIFIC_KEYS",
+    "sine_position_encoding",
+]

@@ -10,6 +10,7 @@ The module tree and the ``state_dict`` keys are unchanged: each folded BatchNorm
 place (checkpoints, the authors' key mapping and strict loading see no difference) and becomes an
 identity in the forward pass; the convolution reads the statistics through a reference to it.
 """
+
 from __future__ import annotations
 
 from timm.layers.norm_act import FrozenBatchNorm2d  # torchvision's class, as freeze_batch_norm_2d makes

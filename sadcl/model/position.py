@@ -3,6 +3,7 @@
 The authors precompute one buffer for ``img_size / 32`` and ignore the input's size; we compute the
 same values for the feature map actually seen, so one set of weights runs at 448 and at 576.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,12 +5,14 @@ decoded against the feature grid (semantic-aware representation learning, SARL) 
 gives the logits. For the dual contrastive objectives, a projection head maps label-level embeddings and
 the learnable class prototypes into the contrastive space (sample-to-sample SSCL, prototype-to-sample PSCL).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch
@@ -26,9 +28,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Parameters whose first dimension is the label set: the only ones a head change re-initialises.
 LABEL_SPECIFIC_KEYS = ("query_embed.weight", "fc.W", "fc.b", "prototypes")
 # The keywords of SADCL(...): what a model's config, a file's header and create_model's overrides may name.
-CONSTRUCTOR_KEYS = ("backbone", "num_classes", "label_names", "img_size", "hidden_dim", "ffn_dim", "num_heads",
-                    "num_encoder_layers", "num_decoder_layers", "dropout", "proj_dim", "pretrained_backbone",
-                    "freeze_bn", "freeze_stem", "fold_frozen_bn")
+CONSTRUCTOR_KEYS = (
+    "backbone",
+    "num_classes",
+    "label_names",
+    "img_size",
+    "hidden_dim",
+    "ffn_dim",
+    "num_heads",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "dropout",
+    "proj_dim",
+    "pretrained_backbone",
+    "freeze_bn",
+    "freeze_stem",
+    "fold_frozen_bn",
+)
 
 
 class GroupWiseLinear(nn.Module):
@@ -127,18 +143,28 @@ class SADCL(nn.Module):
         super().__init__()
         label_names = resolve_labels(num_classes, label_names)
         self.config: dict[str, Any] = dict(
-            backbone=backbone, num_classes=len(label_names), label_names=list(label_names), img_size=img_size,
-            hidden_dim=hidden_dim, ffn_dim=ffn_dim, num_heads=num_heads, num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers, dropout=dropout, proj_dim=proj_dim,
-            freeze_bn=freeze_bn, freeze_stem=freeze_stem,
+            backbone=backbone,
+            num_classes=len(label_names),
+            label_names=list(label_names),
+            img_size=img_size,
+            hidden_dim=hidden_dim,
+            ffn_dim=ffn_dim,
+            num_heads=num_heads,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dropout=dropout,
+            proj_dim=proj_dim,
+            freeze_bn=freeze_bn,
+            freeze_stem=freeze_stem,
         )
         self.hidden_dim = hidden_dim
 
         # timm fetches ImageNet weights with hf_hub_download: within sadcl's download deadline, failures in one line.
         with _backbone_download(backbone, pretrained_backbone):
             try:
-                self.backbone = timm.create_model(backbone, pretrained=pretrained_backbone, num_classes=0,
-                                                  global_pool="")
+                self.backbone = timm.create_model(
+                    backbone, pretrained=pretrained_backbone, num_classes=0, global_pool=""
+                )
             except RuntimeError as e:  # timm's "Unknown model" is a RuntimeError
                 raise ValueError(f"backbone {backbone!r} is not a timm model: {e}") from e
         if freeze_bn:  # BatchNorm frozen everywhere, as the authors
@@ -150,14 +176,16 @@ class SADCL(nn.Module):
         channels = self.backbone.num_features
         self.input_proj = nn.Conv2d(channels, hidden_dim, 1) if channels != hidden_dim else nn.Identity()
 
-        self.transformer = Transformer(
-            hidden_dim, num_heads, ffn_dim, num_encoder_layers, num_decoder_layers, dropout
-        )
+        self.transformer = Transformer(hidden_dim, num_heads, ffn_dim, num_encoder_layers, num_decoder_layers, dropout)
         self.proj_head = ProjectionHead(hidden_dim, proj_dim)
         self._init_label_parameters(len(label_names))
         self.pretrained_cfg: dict[str, Any] = dict(
-            input_size=(3, img_size, img_size), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear",
-            label_names=list(label_names), num_classes=len(label_names),
+            input_size=(3, img_size, img_size),
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            interpolation="bilinear",
+            label_names=list(label_names),
+            num_classes=len(label_names),
         )
 
     # -- label-specific parameters ----------------------------------------------------------------------

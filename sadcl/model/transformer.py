@@ -8,6 +8,7 @@ so their checkpoints map one to one.
 
 Tensors are batch-first: ``[B, L, D]``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,7 +57,6 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         out = out.transpose(1, 2).flatten(2)
         return self.out_proj(out), weights
-
 
 
 class EncoderLayer(nn.Module):
@@ -126,7 +126,11 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(
-        self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor,
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor,
+        query_pos: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         weights = None
@@ -139,7 +143,12 @@ class Transformer(nn.Module):
     """Encoder over the feature grid, then label queries decoded against it."""
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, num_encoder_layers: int, num_decoder_layers: int,
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        num_encoder_layers: int,
+        num_decoder_layers: int,
         dropout: float,
     ) -> None:
         super().__init__()

@@ -3,6 +3,7 @@
 The losses and the memory bank load with the package; the training loop's names (``Trainer``, ``TrainConfig``,
 ``train``, ``evaluate_model`` …) load on first use, so ``import sadcl`` stays light.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,14 +14,32 @@ from .memory import MemoryBank, compute_prototypes, init_prototypes_
 
 # name: the module of this package that owns it (loaded by __getattr__ when first asked for)
 _LAZY = {
-    "ConfigError": "config", "InexactResumeWarning": "config", "RunFinishedError": "config",
-    "TrainConfig": "config", "DataSpec": "data", "build_dataset": "data", "EarlyStopping": "early_stopping",
-    "evaluate_checkpoint": "evaluation", "evaluate_model": "evaluation", "load_model": "models",
-    "config_from_options": "options", "NonFiniteLossError": "trainer", "Trainer": "trainer", "train": "trainer",
+    "ConfigError": "config",
+    "InexactResumeWarning": "config",
+    "RunFinishedError": "config",
+    "TrainConfig": "config",
+    "DataSpec": "data",
+    "build_dataset": "data",
+    "EarlyStopping": "early_stopping",
+    "evaluate_checkpoint": "evaluation",
+    "evaluate_model": "evaluation",
+    "load_model": "models",
+    "config_from_options": "options",
+    "NonFiniteLossError": "trainer",
+    "Trainer": "trainer",
+    "train": "trainer",
 }
 
-__all__ = ["AsymmetricLoss", "MemoryBank", "PrototypeContrastiveLoss", "SADCLCriterion", "SampleContrastiveLoss",
-           "compute_prototypes", "init_prototypes_", *sorted(_LAZY)]
+__all__ = [
+    "AsymmetricLoss",
+    "MemoryBank",
+    "PrototypeContrastiveLoss",
+    "SADCLCriterion",
+    "SampleContrastiveLoss",
+    "compute_prototypes",
+    "init_prototypes_",
+    *sorted(_LAZY),
+]
 
 
 def __getattr__(name: str) -> Any:

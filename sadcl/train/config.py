@@ -1,5 +1,6 @@
 """The settings of a fine-tuning run: :class:`TrainConfig` (the authors' recipe as defaults), the rules every
 numeric setting follows, the errors a bad setting raises, and the name of each setting as a ``sadcl`` flag."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,18 @@ from .._text import printable
 from .checkpoint import load_training_checkpoint
 from .data import DataSpec
 
-__all__ = ["DEFAULT_TRAIN_MODEL", "DEFAULT_WORKERS", "NUMBER_RULES", "ConfigError", "InexactResumeWarning",
-           "RunFinishedError", "TrainConfig", "check_numbers", "cli_flag", "normalise"]
+__all__ = [
+    "DEFAULT_TRAIN_MODEL",
+    "DEFAULT_WORKERS",
+    "NUMBER_RULES",
+    "ConfigError",
+    "InexactResumeWarning",
+    "RunFinishedError",
+    "TrainConfig",
+    "check_numbers",
+    "cli_flag",
+    "normalise",
+]
 
 DEFAULT_TRAIN_MODEL = "sadcl_coco_448"  # the paper's model, when neither --model nor --checkpoint is given
 # Data-loading processes: 4, or fewer on a machine with fewer cores (more would only compete with training).
@@ -65,14 +76,29 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
 # setting: (rule, None allowed). TrainConfig checks all of these; `sadcl eval` and evaluate_model the few
 # they take (batch_size, num_workers, threshold, img_size).
 NUMBER_RULES: dict[str, tuple[str, bool]] = {
-    "img_size": ("count", True), "gamma_neg": ("non_negative", False), "gamma_pos": ("non_negative", False),
-    "asl_clip": ("unit", False), "asl_eps": ("positive", False), "sample_temperature": ("positive", False),
-    "prototype_temperature": ("positive", False), "memory_threshold": ("unit", False),
-    "prototype_threshold": ("unit", False), "prototype_batches": ("count", True), "epochs": ("count", False),
-    "batch_size": ("count", False), "eval_batch_size": ("count", True), "lr": ("positive", False),
-    "weight_decay": ("non_negative", False), "pct_start": ("open_unit", False), "ema_decay": ("unit", False),
-    "clip_grad": ("positive", True), "seed": ("integer", False), "patience": ("count0", True),
-    "threshold": ("unit", False), "stop_after_epochs": ("count", True), "num_workers": ("count0", False),
+    "img_size": ("count", True),
+    "gamma_neg": ("non_negative", False),
+    "gamma_pos": ("non_negative", False),
+    "asl_clip": ("unit", False),
+    "asl_eps": ("positive", False),
+    "sample_temperature": ("positive", False),
+    "prototype_temperature": ("positive", False),
+    "memory_threshold": ("unit", False),
+    "prototype_threshold": ("unit", False),
+    "prototype_batches": ("count", True),
+    "epochs": ("count", False),
+    "batch_size": ("count", False),
+    "eval_batch_size": ("count", True),
+    "lr": ("positive", False),
+    "weight_decay": ("non_negative", False),
+    "pct_start": ("open_unit", False),
+    "ema_decay": ("unit", False),
+    "clip_grad": ("positive", True),
+    "seed": ("integer", False),
+    "patience": ("count0", True),
+    "threshold": ("unit", False),
+    "stop_after_epochs": ("count", True),
+    "num_workers": ("count0", False),
     "log_interval": ("count", False),
 }
 
@@ -175,13 +201,46 @@ class TrainConfig:
 
     # Settings that shape the trajectory: a resumed run must keep them to continue exactly.
     TRAJECTORY_KEYS = (
-        "objective", "loss_weights", "gamma_neg", "gamma_pos", "asl_clip", "asl_eps", "sample_temperature",
-        "prototype_temperature", "official_sample_loss", "memory_threshold", "epochs", "batch_size", "lr",
-        "weight_decay", "pct_start", "ema_decay", "clip_grad", "amp", "augment", "flip", "seed", "img_size",
+        "objective",
+        "loss_weights",
+        "gamma_neg",
+        "gamma_pos",
+        "asl_clip",
+        "asl_eps",
+        "sample_temperature",
+        "prototype_temperature",
+        "official_sample_loss",
+        "memory_threshold",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "pct_start",
+        "ema_decay",
+        "clip_grad",
+        "amp",
+        "augment",
+        "flip",
+        "seed",
+        "img_size",
     )
-    RUNTIME_KEYS = ("data", "val_data", "output_dir", "resume", "overwrite", "stop_after_epochs", "num_workers",
-                    "device", "progress", "log_interval", "dist_url", "patience", "threshold", "eval_batch_size",
-                    "compile")
+    RUNTIME_KEYS = (
+        "data",
+        "val_data",
+        "output_dir",
+        "resume",
+        "overwrite",
+        "stop_after_epochs",
+        "num_workers",
+        "device",
+        "progress",
+        "log_interval",
+        "dist_url",
+        "patience",
+        "threshold",
+        "eval_batch_size",
+        "compile",
+    )
     # Run settings a resumed run may change, but then not bit-exactly: random augmentations are drawn per
     # data-loading worker, and compiled dropout draws other random numbers than eager dropout.
     EXACTNESS_KEYS = ("num_workers", "compile")
@@ -194,22 +253,32 @@ class TrainConfig:
         self.output_dir = os.fspath(self.output_dir)
         if self.augment is None:
             self.augment = "sadcl" if self.objective == "sadcl" else "baseline"
-        choices = {"objective": ("sadcl", "asl"), "amp": ("bf16", "fp16", "none"),
-                   "augment": ("sadcl", "baseline", "none")}
+        choices = {
+            "objective": ("sadcl", "asl"),
+            "amp": ("bf16", "fp16", "none"),
+            "augment": ("sadcl", "baseline", "none"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError.about(key, f"must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
         weights = self.loss_weights
-        if (isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable)
-                or len(weights := tuple(weights)) != 3  # type: ignore[arg-type]
-                or any(_number_problem(w, "non_negative") for w in weights)):
-            raise ConfigError.about("loss_weights", "must be three finite numbers >= 0 (ASL, SSCL, PSCL), "
-                                    f"got {printable(self.loss_weights)}")
+        if (
+            isinstance(weights, (str, bytes))
+            or not isinstance(weights, Iterable)
+            or len(weights := tuple(weights)) != 3  # type: ignore[arg-type]
+            or any(_number_problem(w, "non_negative") for w in weights)
+        ):
+            raise ConfigError.about(
+                "loss_weights",
+                f"must be three finite numbers >= 0 (ASL, SSCL, PSCL), got {printable(self.loss_weights)}",
+            )
         self.loss_weights = tuple(float(w) for w in weights)  # type: ignore[assignment]
         check_numbers({key: getattr(self, key) for key in NUMBER_RULES})
         if self.pretrained and self.checkpoint:
-            raise ConfigError("give either pretrained=True or checkpoint=..., not both",
-                              "give either --pretrained or --checkpoint, not both")
+            raise ConfigError(
+                "give either pretrained=True or checkpoint=..., not both",
+                "give either --pretrained or --checkpoint, not both",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,12 +301,16 @@ class TrainConfig:
         unknown = sorted(k for k in settings if k not in {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}")
-        changed = [k for k, v in settings.items()
-                   if k not in cls.RUNTIME_KEYS and normalise(v) != normalise(stored.get(k))]
+        changed = [
+            k for k, v in settings.items() if k not in cls.RUNTIME_KEYS and normalise(v) != normalise(stored.get(k))
+        ]
         if changed:
+
             def listing(name: Callable[[str], str]) -> str:
-                return ", ".join(f"{name(k)} (the run has {printable(stored.get(k))}, given {printable(settings[k])})"
-                                 for k in changed)
+                return ", ".join(
+                    f"{name(k)} (the run has {printable(stored.get(k))}, given {printable(settings[k])})"
+                    for k in changed
+                )
 
             raise ConfigError(
                 f"cannot change on resume: {listing(str)}; a resumed run keeps its settings to continue exactly "
@@ -253,8 +326,13 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- settings by name
-_FLAGS = {"output_dir": "--output", "model_args": "--model-arg", "channels_last": "--no-channels-last",
-          "flip": "--no-flip", "progress": "--no-progress"}
+_FLAGS = {
+    "output_dir": "--output",
+    "model_args": "--model-arg",
+    "channels_last": "--no-channels-last",
+    "flip": "--no-flip",
+    "progress": "--no-progress",
+}
 
 
 def cli_flag(key: str) -> str:

@@ -1,5 +1,6 @@
 """The data of a run: where a dataset lives (:class:`DataSpec`), building it, its label order against the
 model's, and the checks and loader wrapping that keep a bad image file to one clear line."""
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,15 @@ from ..data import CocoDataset, CSVDataset, FolderDataset, VOCDataset
 from ..data.datasets import MultiLabelDataset, missing_files, unwrap_worker_errors
 from ..data.images import ImageLoadError
 
-__all__ = ["DATA_FORMATS", "DataSpec", "build_dataset", "check_image_files", "label_order", "unwrapped",
-           "with_transform"]
+__all__ = [
+    "DATA_FORMATS",
+    "DataSpec",
+    "build_dataset",
+    "check_image_files",
+    "label_order",
+    "unwrapped",
+    "with_transform",
+]
 
 DATA_FORMATS = ("csv", "coco", "voc", "folder")
 
@@ -55,13 +63,15 @@ def build_dataset(spec: DataSpec, transform: Any = None, label_names: Sequence[s
     a label outside it is an error naming the row; coco/voc have fixed label sets)."""
     names: Any = list(label_names) if label_names is not None else spec.label_names
     if spec.format == "csv":
-        return CSVDataset(spec.path, image_root=spec.images, label_names=names, transform=transform,
-                          skip_bad=spec.skip_bad)
+        return CSVDataset(
+            spec.path, image_root=spec.images, label_names=names, transform=transform, skip_bad=spec.skip_bad
+        )
     if spec.format == "coco":
         return CocoDataset(spec.path, spec.images, transform=transform, skip_bad=spec.skip_bad)
     if spec.format == "voc":
-        return VOCDataset(spec.path, split=spec.split or "trainval", year=spec.year, transform=transform,
-                          skip_bad=spec.skip_bad)
+        return VOCDataset(
+            spec.path, split=spec.split or "trainval", year=spec.year, transform=transform, skip_bad=spec.skip_bad
+        )
     return FolderDataset(spec.images, spec.path, transform=transform, skip_bad=spec.skip_bad, label_names=names)
 
 
@@ -84,8 +94,7 @@ def label_order(dataset_names: Sequence[str], model_names: Sequence[str], what: 
 def with_transform(dataset: Dataset, transform: Any, what: str) -> Dataset:
     """A shallow copy of ``dataset`` using ``transform`` (datasets here keep it in ``.transform``)."""
     if not hasattr(dataset, "transform"):
-        warnings.warn(f"{what}: {type(dataset).__name__} has no `transform` attribute; using it as given",
-                      stacklevel=3)
+        warnings.warn(f"{what}: {type(dataset).__name__} has no `transform` attribute; using it as given", stacklevel=3)
         return dataset
     out = copy.copy(dataset)
     out.transform = transform

@@ -10,6 +10,7 @@
   :func:`gather_strided` collects evaluation outputs without the duplicated rows a padded
   ``DistributedSampler`` would add.
 """
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
     see the same batches as an uninterrupted one. Call :meth:`set_epoch` before each epoch.
     """
 
-    def __init__(self, n: int, batch_size: int, *, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, n: int, batch_size: int, *, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         global_batch = batch_size * world_size
@@ -132,7 +134,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         global_batch = self.batch_size * self.world_size
         for i in range(len(self)):
             start = i * global_batch + self.rank * self.batch_size
-            yield order[start:start + self.batch_size].tolist()
+            yield order[start : start + self.batch_size].tolist()
 
 
 class ShardSampler(Sampler[int]):
@@ -173,7 +175,7 @@ class _GatherWithGrad(torch.autograd.Function):
             dist.reduce_scatter_tensor(out, grad)
             return out
         dist.all_reduce(grad)  # gloo has no reduce_scatter: reduce everything, keep our rows
-        return grad[rank * n:(rank + 1) * n]
+        return grad[rank * n : (rank + 1) * n]
 
 
 def all_gather_with_grad(x: Tensor) -> Tensor:
@@ -212,12 +214,12 @@ def gather_strided(local: Tensor, total: int) -> Tensor:
     world = dist.get_world_size()
     per = math.ceil(total / world)
     padded = local.new_zeros((per, *local.shape[1:]))
-    padded[:local.shape[0]] = local
+    padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     out = local.new_empty((total, *local.shape[1:]))
     for r, part in enumerate(parts):
-        out[r::world] = part[:len(range(r, total, world))]
+        out[r::world] = part[: len(range(r, total, world))]
     return out
 
 

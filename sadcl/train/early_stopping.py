@@ -1,4 +1,5 @@
 """Best-model bookkeeping and the authors' early-stopping rule."""
+
 from __future__ import annotations
 
 import dataclasses

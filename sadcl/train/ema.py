@@ -1,4 +1,5 @@
 """Exponential moving average (EMA) of a model's weights, as in the recipe (decay 0.9998, every step)."""
+
 from __future__ import annotations
 
 import copy

@@ -1,6 +1,7 @@
 """Scoring a model on a dataset and the paper's metrics of the scores, alone or sharded under ``torchrun``:
 :func:`evaluate_model` (a model and a dataset), :func:`evaluate_checkpoint` (what ``sadcl eval`` names) and
 the pieces the training loop's validation shares with them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,12 +23,25 @@ from .data import DataSpec, build_dataset, check_image_files, label_order, unwra
 from .distributed import DistInfo, ShardSampler, cleanup_distributed, gather_strided, init_distributed
 from .runtime import amp_dtype, autocast, device_type, resolve_device
 
-__all__ = ["LOGGED_METRICS", "dataset_scores", "eval_loader", "evaluate_checkpoint", "evaluate_model",
-           "score_metrics"]
+__all__ = ["LOGGED_METRICS", "dataset_scores", "eval_loader", "evaluate_checkpoint", "evaluate_model", "score_metrics"]
 
 # The paper's table columns (plus sklearn-convention mAP), logged each epoch; per-class AP stays out of the log.
-LOGGED_METRICS = ("mAP", "mAP_sklearn", "CP", "CR", "CF1", "OP", "OR", "OF1",
-                  "CP_top3", "CR_top3", "CF1_top3", "OP_top3", "OR_top3", "OF1_top3")
+LOGGED_METRICS = (
+    "mAP",
+    "mAP_sklearn",
+    "CP",
+    "CR",
+    "CF1",
+    "OP",
+    "OR",
+    "OF1",
+    "CP_top3",
+    "CR_top3",
+    "CF1_top3",
+    "OP_top3",
+    "OR_top3",
+    "OF1_top3",
+)
 
 
 @torch.inference_mode()
@@ -65,20 +79,27 @@ def dataset_scores(
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool, info: DistInfo) -> DataLoader:
     """A loader over this process's shard of ``dataset`` (in order, no padding)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), info.rank, info.world_size),
-                      num_workers=num_workers, pin_memory=pin)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=ShardSampler(len(dataset), info.rank, info.world_size),
+        num_workers=num_workers,
+        pin_memory=pin,
+    )
 
 
-def score_metrics(scores: Tensor, targets: Tensor, order: list[int] | None, label_names: Sequence[str],
-                  threshold: float, quiet: bool) -> dict[str, Any]:
+def score_metrics(
+    scores: Tensor, targets: Tensor, order: list[int] | None, label_names: Sequence[str], threshold: float, quiet: bool
+) -> dict[str, Any]:
     """The paper's metrics of ``scores`` (model output order, reordered to the data's by ``order``)."""
     if order is not None:
         scores = scores[:, order]
     with warnings.catch_warnings():
         if quiet:  # every process computes the same metrics; only rank 0 speaks
             warnings.simplefilter("ignore")
-        return compute_metrics(scores.cpu().numpy(), targets.cpu().numpy(), threshold=threshold,
-                               label_names=list(label_names))
+        return compute_metrics(
+            scores.cpu().numpy(), targets.cpu().numpy(), threshold=threshold, label_names=list(label_names)
+        )
 
 
 def evaluate_model(
@@ -129,10 +150,15 @@ def evaluate_checkpoint(
     preprocessing at its resolution (or ``img_size``)."""
     overrides = {} if img_size is None else {"img_size": img_size}
     net = model_from_args(model, checkpoint, default=None, **overrides)
-    dataset = build_dataset(data, create_transform(net),
-                            label_names=net.label_names if data.format in ("csv", "folder") else None)
-    results = evaluate_model(net, dataset, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
-                             threshold=threshold)
-    return {"model": net.pretrained_cfg.get("source") or net.pretrained_cfg.get("architecture"),
-            "checkpoint": None if checkpoint is None else os.fspath(checkpoint), "data": dataclasses.asdict(data),
-            **results}
+    dataset = build_dataset(
+        data, create_transform(net), label_names=net.label_names if data.format in ("csv", "folder") else None
+    )
+    results = evaluate_model(
+        net, dataset, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, threshold=threshold
+    )
+    return {
+        "model": net.pretrained_cfg.get("source") or net.pretrained_cfg.get("architecture"),
+        "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
+        "data": dataclasses.asdict(data),
+        **results,
+    }

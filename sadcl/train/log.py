@@ -1,4 +1,5 @@
 """The run log (``log.jsonl``): one strict-JSON line per record, appended whole or not at all."""
+
 from __future__ import annotations
 
 import json

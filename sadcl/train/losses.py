@@ -8,6 +8,7 @@ Targets may be bool, integer or floating point; a label counts as *positive* whe
 (0/1 labels; a -1 "ignore" label is not a positive). Boolean masks are built once from the targets, so
 float64 dataset labels never turn float32 features into float64 arithmetic.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,6 @@ def _check_targets(targets: Tensor, shape: Sequence[int], what: str) -> None:
         )
 
 
-
 def as_class_matrix(prototypes: Tensor, num_classes: int, dim: int, what: str) -> Tensor:
     """Accept ``[C, D]`` or the authors' ``[1, C, D]`` and return ``[C, D]``."""
     if prototypes.dim() == 3 and prototypes.shape[0] == 1:
@@ -68,6 +68,7 @@ def as_class_matrix(prototypes: Tensor, num_classes: int, dim: int, what: str) -
             f"got {list(prototypes.shape)}"
         )
     return prototypes
+
 
 class AsymmetricLoss(nn.Module):
     """Asymmetric loss (ASL, Ridnik et al. 2021) as used by Query2Label and SADCL.
@@ -177,8 +178,18 @@ class SampleContrastiveLoss(nn.Module):
             return per_anchor.sum() / K
 
     def _official_terms(
-        self, sim: Tensor, eye: Tensor, pos_pair: Tensor, n_pos: Tensor,
-        sample: Tensor, view: Tensor, cls: Tensor, targets: Tensor, B: int, V: int, C: int,
+        self,
+        sim: Tensor,
+        eye: Tensor,
+        pos_pair: Tensor,
+        n_pos: Tensor,
+        sample: Tensor,
+        view: Tensor,
+        cls: Tensor,
+        targets: Tensor,
+        B: int,
+        V: int,
+        C: int,
     ) -> Tensor:
         """``ω_k · ℓ_k`` of the authors' procedure restricted to the K positive rows (REFERENCE c.2)."""
         s = sim.detach()

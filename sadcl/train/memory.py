@@ -8,6 +8,7 @@
   prototype-to-sample loss (PSCL) as the mean decoder embedding of confidently predicted positives;
   :func:`init_prototypes_sharded_` does it over the shards of all data-parallel processes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -111,9 +112,7 @@ class MemoryBank(nn.Module):
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
-    raise TypeError(
-        f"compute_prototypes: the loader must yield (images, targets) batches, got {type(batch).__name__}"
-    )
+    raise TypeError(f"compute_prototypes: the loader must yield (images, targets) batches, got {type(batch).__name__}")
 
 
 def compute_prototypes(
@@ -203,8 +202,14 @@ class _CountPositives:
             yield x, y
 
 
-def init_prototypes_sharded_(model: nn.Module, loader: Iterable[Any], *, max_batches: int | None = None,
-                             threshold: float = 0.85, device: torch.device | str | None = None) -> Tensor:
+def init_prototypes_sharded_(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    max_batches: int | None = None,
+    threshold: float = 0.85,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """:func:`init_prototypes_` over the shards of all processes (``loader`` yields this process's shard):
     every process ends with the same global prototypes; returns the global counts of confident positives."""
     # Each process averages its shard; the shard means are combined weighted by their counts,
@@ -218,9 +223,11 @@ def init_prototypes_sharded_(model: nn.Module, loader: Iterable[Any], *, max_bat
     all_reduce(sums)
     all_reduce(counts2)
     current = model.prototypes.detach().to(torch.float64)
-    merged = torch.where((counts2[0] > 0)[:, None], sums[0] / counts2[0].clamp(min=1)[:, None],
-                         torch.where((counts2[1] > 0)[:, None], sums[1] / counts2[1].clamp(min=1)[:, None],
-                                     current))
+    merged = torch.where(
+        (counts2[0] > 0)[:, None],
+        sums[0] / counts2[0].clamp(min=1)[:, None],
+        torch.where((counts2[1] > 0)[:, None], sums[1] / counts2[1].clamp(min=1)[:, None], current),
+    )
     with torch.no_grad():
         model.prototypes.copy_(merged.to(model.prototypes.dtype))
     return counts2[0].long()

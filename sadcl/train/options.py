@@ -1,5 +1,6 @@
 """From the options a user gives (``sadcl train``/``sadcl eval`` flags, as keyword names) to a
 :class:`TrainConfig` and :class:`DataSpec` s."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,18 @@ from .data import DataSpec
 
 __all__ = ["DATA_OPTIONS", "config_from_options", "data_specs", "parse_model_args"]
 
-DATA_OPTIONS = ("data", "images", "val_data", "val_images", "data_format", "split", "val_split", "voc_year",
-                "label_names", "skip_bad")
+DATA_OPTIONS = (
+    "data",
+    "images",
+    "val_data",
+    "val_images",
+    "data_format",
+    "split",
+    "val_split",
+    "voc_year",
+    "label_names",
+    "skip_bad",
+)
 
 
 def parse_model_args(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -26,8 +37,9 @@ def parse_model_args(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]
         if not sep or not key.strip():
             raise ValueError(f"--model-arg expects KEY=VALUE (a SADCL constructor keyword), got {item!r}")
         if key.strip() not in CONSTRUCTOR_KEYS:
-            raise ValueError(f"--model-arg {key.strip()!r} is not a SADCL constructor keyword; valid: "
-                             f"{', '.join(CONSTRUCTOR_KEYS)}")
+            raise ValueError(
+                f"--model-arg {key.strip()!r} is not a SADCL constructor keyword; valid: {', '.join(CONSTRUCTOR_KEYS)}"
+            )
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -46,9 +58,15 @@ def data_specs(options: Mapping[str, Any]) -> dict[str, DataSpec]:
                 raise ValueError(f"{cli_flag(images)} was given without {cli_flag(key)}")
             continue
         default_split = ("trainval" if key == "data" else "test") if fmt == "voc" else None
-        specs[key] = DataSpec(o[key], fmt, images=o.get(images), split=o.get(split) or default_split, year=year,
-                              label_names=o.get("label_names") if key == "data" else None,
-                              skip_bad=bool(o.get("skip_bad", False)))
+        specs[key] = DataSpec(
+            o[key],
+            fmt,
+            images=o.get(images),
+            split=o.get(split) or default_split,
+            year=year,
+            label_names=o.get("label_names") if key == "data" else None,
+            skip_bad=bool(o.get("skip_bad", False)),
+        )
     return specs
 
 

@@ -1,4 +1,5 @@
 """Resuming a run: which settings a resumed run must keep, whether anything is left to train, where the run is."""
+
 from __future__ import annotations
 
 import warnings
@@ -31,8 +32,9 @@ def finished_reason(ckpt: Mapping[str, Any], cfg: TrainConfig) -> str | None:
         tracker = EarlyStopping(cfg.patience)
         tracker.load_state_dict(ckpt["tracker"])
         if tracker.should_stop(done - 1, history[-1]["val"]["ema"]["mAP"]):
-            return (f"it stopped early after epoch {done - 1} with patience {cfg.patience}; "
-                    "a larger patience continues it")
+            return (
+                f"it stopped early after epoch {done - 1} with patience {cfg.patience}; a larger patience continues it"
+            )
     return None
 
 
@@ -41,12 +43,16 @@ def check_resumable(ckpt: Mapping[str, Any], config: TrainConfig) -> None:
     settings that keep the run valid but not bit-exact."""
     stored = ckpt["config"]
     now = config.to_dict()
-    diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {now[k]!r}" for k in TrainConfig.TRAJECTORY_KEYS
-             if normalise(stored.get(k)) != normalise(now[k])]
+    diffs = [
+        f"{k}: checkpoint {stored.get(k)!r}, now {now[k]!r}"
+        for k in TrainConfig.TRAJECTORY_KEYS
+        if normalise(stored.get(k)) != normalise(now[k])
+    ]
     if diffs:
         raise ValueError(
             f"cannot resume {config.resume} exactly: these settings differ from the checkpoint's: "
-            + "; ".join(diffs) + ". Use TrainConfig.from_checkpoint (the CLI does) to keep them."
+            + "; ".join(diffs)
+            + ". Use TrainConfig.from_checkpoint (the CLI does) to keep them."
         )
     finished = finished_reason(ckpt, config)
     if finished is not None:
@@ -61,7 +67,11 @@ def check_resumable(ckpt: Mapping[str, Any], config: TrainConfig) -> None:
         if key in stored and normalise(stored[key]) != normalise(now[key]):
             why = "the run will not continue bit-exactly (random augmentations and dropout draw differently)"
             was, new = (("on" if v else "off") if isinstance(v, bool) else v for v in (stored[key], now[key]))
-            warnings.warn(InexactResumeWarning(
-                f"resuming with {key}={now[key]!r} (the run used {stored[key]!r}): {why}",
-                f"resuming with {cli_flag(key)} {new} (the run used {was}): {why}; "
-                f"omit {cli_flag(key)} to keep the run's value"), stacklevel=3)
+            warnings.warn(
+                InexactResumeWarning(
+                    f"resuming with {key}={now[key]!r} (the run used {stored[key]!r}): {why}",
+                    f"resuming with {cli_flag(key)} {new} (the run used {was}): {why}; "
+                    f"omit {cli_flag(key)} to keep the run's value",
+                ),
+                stacklevel=3,
+            )

@@ -1,5 +1,6 @@
 """The run folder: which files a run owns (:data:`RUN_FILES`), refusing a folder holding anything else
 before any work, and making it ready to write (stale temporaries, ``overwrite``, a torn log line)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Where and how a run computes: the device (one per process under ``torchrun``), autocast, seeding."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,9 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or amp == "none":
         return None
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        warnings.warn("this GPU has no bfloat16 support: using float16 autocast with a GradScaler instead",
-                      stacklevel=3)
+        warnings.warn(
+            "this GPU has no bfloat16 support: using float16 autocast with a GradScaler instead", stacklevel=3
+        )
         return torch.float16
     return torch.bfloat16 if amp == "bf16" else torch.float16
 

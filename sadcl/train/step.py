@@ -1,5 +1,6 @@
 """One training step's maths: the SADCL forward as one module (what DDP wraps) and the loss terms, ASL on this
 process's batch and the contrastive terms on the global batch."""
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,9 @@ class TrainForward(nn.Module):
         return h, logits, z, bank_z, protos_z
 
 
-def step_losses(crit: SADCLCriterion, logits: Tensor, y: Tensor, z: Tensor | None, bank_z: Tensor | None,
-                protos_z: Tensor | None) -> dict[str, Tensor]:
+def step_losses(
+    crit: SADCLCriterion, logits: Tensor, y: Tensor, z: Tensor | None, bank_z: Tensor | None, protos_z: Tensor | None
+) -> dict[str, Tensor]:
     """ASL on this process's batch; SSCL/PSCL on the global batch (embeddings gathered from all processes)."""
     w_asl, w_sample, w_proto = crit.weights
     terms: dict[str, Tensor] = {"asl": crit.asl(logits, y)}

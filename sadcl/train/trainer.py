@@ -18,6 +18,7 @@ processes, so ``W`` processes train exactly like one process on the union batch 
 The output folder receives ``last.pt`` (training checkpoint, every epoch, atomic), ``best.safetensors``
 (publishable weights of the best raw/EMA model), ``log.jsonl`` and ``config.json``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -119,8 +120,10 @@ class Trainer:
         self.is_main = info.is_main
         self.out = Path(cfg.output_dir)
         if cfg.batch_size % info.world_size:
-            raise ConfigError.about("batch_size", f"{cfg.batch_size} (global) is not divisible by the "
-                                    f"{info.world_size} processes; pick a multiple")
+            raise ConfigError.about(
+                "batch_size",
+                f"{cfg.batch_size} (global) is not divisible by the {info.world_size} processes; pick a multiple",
+            )
         self.local_batch = cfg.batch_size // info.world_size
         self.pin = self.device.type == "cuda"
         if self.pin:
@@ -153,8 +156,9 @@ class Trainer:
             if cfg.data is None:
                 raise ValueError("no training data: set TrainConfig.data (sadcl train --data) or pass train_dataset")
             train_dataset = build_dataset(cfg.data, None)
-        self.train_sampler = ShardedBatchSampler(len(train_dataset), self.local_batch, rank=info.rank,
-                                                 world_size=info.world_size, seed=cfg.seed)
+        self.train_sampler = ShardedBatchSampler(
+            len(train_dataset), self.local_batch, rank=info.rank, world_size=info.world_size, seed=cfg.seed
+        )
         label_names = list(train_dataset.label_names)
         val_built_here = val_dataset is None and cfg.val_data is not None
         if val_built_here:  # read now, its transform set below: its images are checked before the model is built
@@ -164,22 +168,28 @@ class Trainer:
         self.model = run_model(cfg, model, label_names, ckpt)
         pcfg = self.model.pretrained_cfg
         size = self.model.config["img_size"]
-        norm = {"mean": pcfg.get("mean", (0.485, 0.456, 0.406)), "std": pcfg.get("std", (0.229, 0.224, 0.225)),
-                "interpolation": pcfg.get("interpolation", "bilinear")}
+        norm = {
+            "mean": pcfg.get("mean", (0.485, 0.456, 0.406)),
+            "std": pcfg.get("std", (0.229, 0.224, 0.225)),
+            "interpolation": pcfg.get("interpolation", "bilinear"),
+        }
         self.eval_tf = eval_transform(size, **norm)
         if built_here:  # datasets passed in keep their own transforms
-            train_dataset.transform = (self.eval_tf if cfg.augment == "none"
-                                       else train_transform(size, cfg.augment, flip=cfg.flip, **norm))
+            train_dataset.transform = (
+                self.eval_tf if cfg.augment == "none" else train_transform(size, cfg.augment, flip=cfg.flip, **norm)
+            )
         if val_built_here:
             val_dataset.transform = self.eval_tf
         self.train_set, self.val_set, self.proto_set = train_dataset, val_dataset, prototype_dataset
         self.val_order = None
         if val_dataset is not None:
             self.val_order = label_order(list(val_dataset.label_names), label_names, "validation data")
-        self.train_loader = DataLoader(train_dataset, batch_sampler=self.train_sampler,
-                                       num_workers=cfg.num_workers, pin_memory=self.pin)
-        self.val_loader = (None if val_dataset is None else
-                           eval_loader(val_dataset, self.eval_batch, cfg.num_workers, self.pin, info))
+        self.train_loader = DataLoader(
+            train_dataset, batch_sampler=self.train_sampler, num_workers=cfg.num_workers, pin_memory=self.pin
+        )
+        self.val_loader = (
+            None if val_dataset is None else eval_loader(val_dataset, self.eval_batch, cfg.num_workers, self.pin, info)
+        )
         self.steps_per_epoch = len(self.train_sampler)
         self.amp_dtype = amp_dtype(cfg.amp, self.device)
         self.channels_last = cfg.channels_last and self.device.type == "cuda"
@@ -208,15 +218,19 @@ class Trainer:
             self._init_prototypes()
         self.bank = None
         if w_sample > 0:
-            self.bank = MemoryBank(self.local_batch, self.model.num_classes, self.model.hidden_dim,
-                                   threshold=cfg.memory_threshold).to(self.device)
+            self.bank = MemoryBank(
+                self.local_batch, self.model.num_classes, self.model.hidden_dim, threshold=cfg.memory_threshold
+            ).to(self.device)
             self.bank.init_from_prototypes(self.model.prototypes)
         fwd: nn.Module = TrainForward(self.model, project, use_protos)
         if self.dist.world_size > 1:
             # Buffers (frozen BN statistics) never change: no per-step broadcast. The banks live outside
             # the wrapped module, so each process keeps its own.
-            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_PARAMS
-                       else {"broadcast_buffers": False})
+            no_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in _DDP_PARAMS
+                else {"broadcast_buffers": False}
+            )
             fwd = DistributedDataParallel(fwd, device_ids=[self.device.index] if self.pin else None, **no_sync)
         # Compiled after the DDP wrap, as torch recommends (its optimizer splits the graph at bucket boundaries).
         self.forward_module = torch.compile(fwd) if cfg.compile else fwd
@@ -230,23 +244,43 @@ class Trainer:
         fused = self.device.type == "cuda" or None
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
-            pct_start=cfg.pct_start, cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
+            self.optimizer,
+            max_lr=cfg.lr,
+            epochs=cfg.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            pct_start=cfg.pct_start,
+            cycle_momentum=True,
+            base_momentum=0.85,
+            max_momentum=0.95,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _init_prototypes(self) -> None:
         """Prototypes = mean embedding of confidently predicted positives (eval transform), over all processes."""
         cfg, info = self.config, self.dist
-        dataset = self.proto_set if self.proto_set is not None else with_transform(
-            self.train_set, self.eval_tf, "prototype initialisation")
+        dataset = (
+            self.proto_set
+            if self.proto_set is not None
+            else with_transform(self.train_set, self.eval_tf, "prototype initialisation")
+        )
         loader = eval_loader(dataset, self.eval_batch, cfg.num_workers, self.pin, info)
         init = init_prototypes_ if info.world_size == 1 else init_prototypes_sharded_
         with unwrap_worker_errors():
-            counts = init(self.model, loader, max_batches=cfg.prototype_batches, threshold=cfg.prototype_threshold,
-                          device=self.device)
-        self._log({"event": "prototypes", "classes_with_confident_positives": int((counts > 0).sum()),
-                   "num_classes": self.model.num_classes, "threshold": cfg.prototype_threshold})
+            counts = init(
+                self.model,
+                loader,
+                max_batches=cfg.prototype_batches,
+                threshold=cfg.prototype_threshold,
+                device=self.device,
+            )
+        self._log(
+            {
+                "event": "prototypes",
+                "classes_with_confident_positives": int((counts > 0).sum()),
+                "num_classes": self.model.num_classes,
+                "threshold": cfg.prototype_threshold,
+            }
+        )
 
     def _load_state(self, ckpt: Mapping[str, Any]) -> None:
         info = self.dist
@@ -268,9 +302,13 @@ class Trainer:
             rows = slice(info.rank * self.local_batch, (info.rank + 1) * self.local_batch)
             self.bank.bank.copy_(bank[rows])
         if not exact:
-            warnings.warn(InexactResumeWarning(
-                f"resuming a {saved_world}-process run with {info.world_size} processes: banks are re-split, "
-                "but per-process random streams differ, so the run is not bit-exact"), stacklevel=3)
+            warnings.warn(
+                InexactResumeWarning(
+                    f"resuming a {saved_world}-process run with {info.world_size} processes: banks are re-split, "
+                    "but per-process random streams differ, so the run is not bit-exact"
+                ),
+                stacklevel=3,
+            )
         rngs = ckpt["rng"]
         if info.rank < len(rngs):
             set_rng_state(rngs[info.rank])
@@ -288,8 +326,14 @@ class Trainer:
             enabled = sys.stderr.isatty()
         from tqdm import tqdm
 
-        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
-                    leave=False, disable=not (enabled and self.is_main))
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch}",
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+            disable=not (enabled and self.is_main),
+        )
 
     # -- one step ---------------------------------------------------------------------------------------
     def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -353,9 +397,15 @@ class Trainer:
                     for k in TERMS:
                         totals[k] += means[k] * window_steps
                     now = time.perf_counter()
-                    record = {"event": "step", "epoch": epoch, "step": i + 1, "global_step": self.global_step,
-                              "lr": self.step_lr, **means,
-                              "img_per_s": window_steps * images_per_step / max(now - t_window, 1e-9)}
+                    record = {
+                        "event": "step",
+                        "epoch": epoch,
+                        "step": i + 1,
+                        "global_step": self.global_step,
+                        "lr": self.step_lr,
+                        **means,
+                        "img_per_s": window_steps * images_per_step / max(now - t_window, 1e-9),
+                    }
                     self._log(record)
                     bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{record['lr']:.3g}")
                     window.zero_()
@@ -363,11 +413,16 @@ class Trainer:
         finally:
             bar.close()
         elapsed = time.perf_counter() - t_epoch
-        return {**{k: totals[k] / max(seen, 1) for k in TERMS}, "lr": self.step_lr,
-                "img_per_s": seen * images_per_step / max(elapsed, 1e-9), "train_time_s": elapsed}
+        return {
+            **{k: totals[k] / max(seen, 1) for k in TERMS},
+            "lr": self.step_lr,
+            "img_per_s": seen * images_per_step / max(elapsed, 1e-9),
+            "train_time_s": elapsed,
+        }
 
-    def _check_window(self, epoch: int, window: Tensor, steps: int, first_bad: Tensor,
-                      bad_terms: Tensor) -> dict[str, float]:
+    def _check_window(
+        self, epoch: int, window: Tensor, steps: int, first_bad: Tensor, bad_terms: Tensor
+    ) -> dict[str, float]:
         """Mean loss terms of the window over all processes; raises :class:`NonFiniteLossError` (on every
         process alike) when a term was NaN/inf at some step of this epoch."""
         bad_step = torch.where(first_bad < 0, torch.full_like(first_bad, 2**62), first_bad)
@@ -380,13 +435,17 @@ class Trainer:
             which = [k for k, f in zip(TERMS, flags.tolist()) if f and k != "loss"] or ["loss"]
             global_step = epoch * self.steps_per_epoch + bad
             last = self.out / "last.pt"
-            kept = (f"the last good checkpoint {last} (written after epoch {self._epochs_done - 1}) is kept"
-                    if self._epochs_done > 0 and last.exists() else "no checkpoint had been written yet")
-            message = (f"non-finite loss at epoch {epoch}, step {bad} (0-based; global step {global_step}): "
-                       f"term(s) {', '.join(which)} became NaN or infinite; training stopped and {kept}. "
-                       "Lower the learning rate (--lr), clip gradients (--clip-grad), or train in bf16/fp32.")
-            self._log({"event": "nonfinite", "epoch": epoch, "step": bad, "global_step": global_step,
-                       "terms": which})
+            kept = (
+                f"the last good checkpoint {last} (written after epoch {self._epochs_done - 1}) is kept"
+                if self._epochs_done > 0 and last.exists()
+                else "no checkpoint had been written yet"
+            )
+            message = (
+                f"non-finite loss at epoch {epoch}, step {bad} (0-based; global step {global_step}): "
+                f"term(s) {', '.join(which)} became NaN or infinite; training stopped and {kept}. "
+                "Lower the learning rate (--lr), clip gradients (--clip-grad), or train in bf16/fp32."
+            )
+            self._log({"event": "nonfinite", "epoch": epoch, "step": bad, "global_step": global_step, "terms": which})
             raise NonFiniteLossError(message)
         return dict(zip(TERMS, means))
 
@@ -398,12 +457,19 @@ class Trainer:
         names = list(self.val_set.label_names)
         results = {}
         for tag, net in (("raw", self.model), ("ema", self.ema.module)):
-            scores, targets = dataset_scores(net, self.val_loader, device=self.device, amp_dtype=self.amp_dtype,
-                                             channels_last=self.channels_last)
+            scores, targets = dataset_scores(
+                net, self.val_loader, device=self.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last
+            )
             scores, targets = gather_strided(scores, n), gather_strided(targets, n)
             # Dataset warnings (e.g. classes without positives) once per run, from rank 0.
-            results[tag] = score_metrics(scores, targets, self.val_order, names, self.config.threshold,
-                                         quiet=not self.is_main or self._metrics_warned)
+            results[tag] = score_metrics(
+                scores,
+                targets,
+                self.val_order,
+                names,
+                self.config.threshold,
+                quiet=not self.is_main or self._metrics_warned,
+            )
             self._metrics_warned = True
         return results
 
@@ -414,15 +480,22 @@ class Trainer:
         error, self._export_error = self._export_error, None
         if self.is_main and error is None:
             ckpt = {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "global_step": self.global_step,
-                "world_size": self.dist.world_size, "config": self.config.to_dict(),
-                "model_config": dict(self.model.config), "model": self.model.state_dict(),
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch + 1,
+                "global_step": self.global_step,
+                "world_size": self.dist.world_size,
+                "config": self.config.to_dict(),
+                "model_config": dict(self.model.config),
+                "model": self.model.state_dict(),
                 "weights_header": header_for(self.model).to_json(),
-                "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "banks": banks if self.bank is not None else [], "rng": rngs,
-                "tracker": self.tracker.state_dict(), "history": self.history,
+                "banks": banks if self.bank is not None else [],
+                "rng": rngs,
+                "tracker": self.tracker.state_dict(),
+                "history": self.history,
             }
             try:
                 atomic_torch_save(ckpt, self.out / "last.pt")
@@ -448,11 +521,20 @@ class Trainer:
         """Train from the current epoch to ``epochs`` (or early stop / ``stop_after_epochs``); returns a summary."""
         cfg = self.config
         stopped_early = False
-        self._log({"event": "start", "epoch": self.start_epoch, "world_size": self.dist.world_size,
-                   "device": str(self.device), "objective": cfg.objective,
-                   "train_images": len(self.train_set), "val_images": len(self.val_set) if self.val_set else 0,
-                   "steps_per_epoch": self.steps_per_epoch,
-                   "trainable_params": sum(p.numel() for p in self.params), "resumed": cfg.resume is not None})
+        self._log(
+            {
+                "event": "start",
+                "epoch": self.start_epoch,
+                "world_size": self.dist.world_size,
+                "device": str(self.device),
+                "objective": cfg.objective,
+                "train_images": len(self.train_set),
+                "val_images": len(self.val_set) if self.val_set else 0,
+                "steps_per_epoch": self.steps_per_epoch,
+                "trainable_params": sum(p.numel() for p in self.params),
+                "resumed": cfg.resume is not None,
+            }
+        )
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 stats = self._train_one_epoch(epoch)
@@ -462,13 +544,17 @@ class Trainer:
                     raw, ema = val["raw"]["mAP"], val["ema"]["mAP"]
                     source = self.tracker.update(epoch, raw, ema)
                     if source is not None:
-                        self._export_best(self.ema.module if source == "ema" else self.model, epoch, source,
-                                          val[source])
+                        self._export_best(
+                            self.ema.module if source == "ema" else self.model, epoch, source, val[source]
+                        )
                     record["val"] = {tag: {k: m[k] for k in LOGGED_METRICS} for tag, m in val.items()}
                 else:  # nothing to select with: publish the latest EMA weights
                     self._export_best(self.ema.module, epoch, "ema (latest; no validation data)", None)
-                record["best"] = {"mAP": self.tracker.best if val is not None else None,
-                                  "epoch": self.tracker.best_epoch, "source": self.tracker.best_source}
+                record["best"] = {
+                    "mAP": self.tracker.best if val is not None else None,
+                    "epoch": self.tracker.best_epoch,
+                    "source": self.tracker.best_source,
+                }
                 self.history.append(record)
                 self._save_checkpoint(epoch)
                 self._epochs_done = epoch + 1
@@ -477,8 +563,14 @@ class Trainer:
                     self.on_epoch(record)
                 if val is not None and self.tracker.should_stop(epoch, val["ema"]["mAP"]):
                     stopped_early = True
-                    self._log({"event": "early_stop", "epoch": epoch, "best_epoch": self.tracker.best_epoch,
-                               "patience": cfg.patience})
+                    self._log(
+                        {
+                            "event": "early_stop",
+                            "epoch": epoch,
+                            "best_epoch": self.tracker.best_epoch,
+                            "patience": cfg.patience,
+                        }
+                    )
                     break
                 if cfg.stop_after_epochs is not None and epoch + 1 - self.start_epoch >= cfg.stop_after_epochs:
                     break
@@ -488,10 +580,15 @@ class Trainer:
         if self.tracker.best_epoch >= 0:
             best = {"mAP": self.tracker.best, "epoch": self.tracker.best_epoch, "source": self.tracker.best_source}
         summary = {
-            "rank": self.dist.rank, "output_dir": str(self.out), "epochs_completed": self._epochs_done,
+            "rank": self.dist.rank,
+            "output_dir": str(self.out),
+            "epochs_completed": self._epochs_done,
             "epochs": cfg.epochs,
-            "stopped_early": stopped_early, "best": best, "checkpoint": str(self.out / "last.pt"),
-            "best_weights": str(best_path) if best_path.exists() else None, "history": self.history,
+            "stopped_early": stopped_early,
+            "best": best,
+            "checkpoint": str(self.out / "last.pt"),
+            "best_weights": str(best_path) if best_path.exists() else None,
+            "history": self.history,
         }
         self._log({"event": "end", **{k: v for k, v in summary.items() if k not in ("history", "rank")}})
         return summary

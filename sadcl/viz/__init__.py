@@ -4,6 +4,9 @@
 * :mod:`sadcl.viz.measure`: the numbers (attention on the object's cell, label-level embeddings, 2-D maps);
 * :mod:`sadcl.viz.deps`: the optional dependencies (matplotlib, scikit-learn) and their error.
 """
+
+from __future__ import annotations
+
 from .deps import MissingDependencyError
 from .figures import explain, overlay_attention, plot_embeddings, save_figure
 from .measure import attention_on_cell, cell_shares, embed_2d, label_embeddings

@@ -1,5 +1,6 @@
 """The optional dependencies of :mod:`sadcl.viz`: matplotlib (the ``viz`` extra) and scikit-learn (t-SNE),
 imported only when needed, and the one error a missing one raises."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -8,10 +8,12 @@
 matplotlib is an optional dependency (``pip install 'sadcl[viz]'``), imported only when a figure is drawn;
 figures are plain :class:`matplotlib.figure.Figure` objects (no pyplot state, no GUI backend needed).
 """
+
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -34,7 +36,7 @@ PANEL_INCHES = 3.0  # side of one attention panel
 EMBED_INCHES = (8.0, 6.5)
 
 
-def save_figure(fig: "Figure", path: str | os.PathLike, dpi: int = 100) -> str:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
     """Write ``fig`` (PNG, PDF, SVG … by the suffix), creating the folder; the pixel size is figsize × dpi."""
     path = os.fspath(path)
     folder = os.path.dirname(path)
@@ -112,7 +114,7 @@ def overlay_attention(
     alpha: float = 0.5,
     cmap: str = "jet",
     ncols: int | None = None,
-) -> "Figure":
+) -> Figure:
     """One panel per label: its category-related attention map over the image.
 
     Args:
@@ -144,8 +146,9 @@ def overlay_attention(
         if i >= k:
             continue
         ax.imshow(img)
-        ax.imshow(up[i], cmap=cmap, alpha=alpha, vmin=0.0, vmax=max(float(up[i].max()), 1e-12),
-                  interpolation="bilinear")
+        ax.imshow(
+            up[i], cmap=cmap, alpha=alpha, vmin=0.0, vmax=max(float(up[i].max()), 1e-12), interpolation="bilinear"
+        )
         title = names[i] if score_list[i] is None else f"{names[i]} {score_list[i]:.2f}"
         ax.set_title(title, fontsize=11)
     return fig
@@ -159,7 +162,7 @@ def explain(
     top_k: int = 3,
     device: str | torch.device | None = None,
     **overlay_kwargs: Any,
-) -> "Figure":
+) -> Figure:
     """Score ``image`` and draw the attention maps of ``labels`` (default: the ``top_k`` labels by score),
     titled with their scores. An unknown label is a ValueError naming it and listing the model's labels."""
     load_matplotlib()  # fail before running the model when matplotlib is missing
@@ -205,7 +208,7 @@ def plot_embeddings(
     device: str | torch.device | None = None,
     seed: int = 0,
     title: str | None = None,
-) -> "Figure":
+) -> Figure:
     """Scatter plot of the label-level embeddings of positive labels (from up to ``n`` images), coloured by
     label, with the class prototypes as large black-edged stars in the same 2-D map.
 
@@ -215,8 +218,7 @@ def plot_embeddings(
     mpl = load_matplotlib()
     from matplotlib.lines import Line2D
 
-    emb, lab, protos = label_embeddings(model, dataset, n=n, projected=projected, batch_size=batch_size,
-                                        device=device)
+    emb, lab, protos = label_embeddings(model, dataset, n=n, projected=projected, batch_size=batch_size, device=device)
     present = np.unique(lab)
     xy, pxy = embed_2d(emb, protos[present], method=method, seed=seed)
     colours = _colours(mpl, len(present))
@@ -225,18 +227,24 @@ def plot_embeddings(
     ax = fig.subplots()
     order = np.random.default_rng(seed).permutation(len(xy))  # no label systematically drawn on top
     colour_of = {int(c): colours[i] for i, c in enumerate(present)}
-    ax.scatter(xy[order, 0], xy[order, 1], s=6, alpha=0.6, linewidths=0,
-               c=[colour_of[int(c)] for c in lab[order]])
+    ax.scatter(xy[order, 0], xy[order, 1], s=6, alpha=0.6, linewidths=0, c=[colour_of[int(c)] for c in lab[order]])
     ax.scatter(pxy[:, 0], pxy[:, 1], s=320, marker="*", c=colours, edgecolors="black", linewidths=1.2, zorder=3)
-    handles = [Line2D([], [], ls="", marker="o", ms=6, color=colour_of[int(c)], label=model.label_names[c])
-               for c in present]
-    handles.append(Line2D([], [], ls="", marker="*", ms=14, markerfacecolor="white", markeredgecolor="black",
-                          label="prototype"))
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
-              ncols=1 if len(handles) <= 25 else 2)
+    handles = [
+        Line2D([], [], ls="", marker="o", ms=6, color=colour_of[int(c)], label=model.label_names[c]) for c in present
+    ]
+    handles.append(
+        Line2D([], [], ls="", marker="*", ms=14, markerfacecolor="white", markeredgecolor="black", label="prototype")
+    )
+    ax.legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        fontsize=8,
+        frameon=False,
+        ncols=1 if len(handles) <= 25 else 2,
+    )
     space = "projected (contrastive space)" if projected else "label-level h"
-    ax.set_title(title or f"{space}, {method.upper()}: {len(xy)} positive labels, {len(present)} classes",
-                 fontsize=10)
+    ax.set_title(title or f"{space}, {method.upper()}: {len(xy)} positive labels, {len(present)} classes", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
     return fig

@@ -7,6 +7,7 @@ Fashion-MNIST mosaics), and the label-level embeddings and prototypes with their
 * :func:`label_embeddings` collects the label-level embeddings of positive labels and the class prototypes;
   :func:`embed_2d` reduces them to 2-D by PCA or t-SNE.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,7 @@ def _single_item_mosaics(n: int, seed: int, split: str, root: Any) -> tuple[np.n
     images = np.zeros((n, GRID * ITEM, GRID * ITEM), dtype=np.uint8)
     for b in range(n):
         r, c = divmod(int(cell[b]), GRID)
-        images[b, r * ITEM:(r + 1) * ITEM, c * ITEM:(c + 1) * ITEM] = items[idx[b]]
+        images[b, r * ITEM : (r + 1) * ITEM, c * ITEM : (c + 1) * ITEM] = items[idx[b]]
     return images, classes[idx], cell
 
 
@@ -83,8 +84,10 @@ def attention_on_cell(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if list(model.label_names) != list(FASHION_LABELS):
-        raise ValueError(f"attention_on_cell needs a model with the Fashion-MNIST labels {list(FASHION_LABELS)}; "
-                         f"this model has {model.label_names[:5]}{' …' if model.num_classes > 5 else ''}")
+        raise ValueError(
+            f"attention_on_cell needs a model with the Fashion-MNIST labels {list(FASHION_LABELS)}; "
+            f"this model has {model.label_names[:5]}{' …' if model.num_classes > 5 else ''}"
+        )
     images, classes, cells = _single_item_mosaics(n, seed, split, root)
     x = torch.stack([preprocess(mosaic_to_pil(im), model.pretrained_cfg) for im in images])
     maps = attention_maps(model, x, batch_size=batch_size, device=device)  # [n, C, h, w]
@@ -93,10 +96,19 @@ def attention_on_cell(
     shares = cell_shares(present, GRID)  # [n, 4]
     on_cell = shares[rows, torch.from_numpy(cells)]
     top = shares.argmax(-1).numpy() == cells
-    per_label = {FASHION_LABELS[c]: float(on_cell[torch.from_numpy(classes == c)].mean())
-                 for c in range(len(FASHION_LABELS)) if (classes == c).any()}
-    return dict(mean_share=float(on_cell.mean()), top_cell_rate=float(top.mean()), chance=1.0 / (GRID * GRID),
-                n=n, feature_grid=tuple(maps.shape[-2:]), per_label=per_label)
+    per_label = {
+        FASHION_LABELS[c]: float(on_cell[torch.from_numpy(classes == c)].mean())
+        for c in range(len(FASHION_LABELS))
+        if (classes == c).any()
+    }
+    return dict(
+        mean_share=float(on_cell.mean()),
+        top_cell_rate=float(top.mean()),
+        chance=1.0 / (GRID * GRID),
+        n=n,
+        feature_grid=tuple(maps.shape[-2:]),
+        per_label=per_label,
+    )
 
 
 # -- label-level embeddings and prototypes --------------------------------------------------------------------
@@ -124,8 +136,10 @@ def label_embeddings(
         raise ValueError(f"n must be >= 1, got {n}")
     names = getattr(dataset, "label_names", None)
     if names is not None and list(names) != list(model.label_names):
-        raise ValueError(f"the dataset's labels {list(names)[:5]}… are not the model's {model.label_names[:5]}…: "
-                         "build the dataset with label_names=model.label_names")
+        raise ValueError(
+            f"the dataset's labels {list(names)[:5]}… are not the model's {model.label_names[:5]}…: "
+            "build the dataset with label_names=model.label_names"
+        )
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval().to(dev)
@@ -151,8 +165,9 @@ def label_embeddings(
     return torch.cat(feats).numpy(), torch.cat(labels).numpy(), protos.numpy()
 
 
-def embed_2d(points: np.ndarray, extra: np.ndarray | None = None, method: str = "pca",
-             seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+def embed_2d(
+    points: np.ndarray, extra: np.ndarray | None = None, method: str = "pca", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
     """2-D coordinates of ``points`` (and of ``extra``, e.g. prototypes, in the same map).
 
     ``pca`` (default): principal axes of ``points`` (SVD), applied to both. ``tsne``: scikit-learn's t-SNE,
@@ -173,12 +188,13 @@ def embed_2d(points: np.ndarray, extra: np.ndarray | None = None, method: str = 
         try:
             from sklearn.manifold import TSNE
         except ImportError as e:
-            raise MissingDependencyError(f"method='tsne' needs scikit-learn ({e}): pip install scikit-learn, "
-                                         "or use method='pca'") from e
+            raise MissingDependencyError(
+                f"method='tsne' needs scikit-learn ({e}): pip install scikit-learn, or use method='pca'"
+            ) from e
         both = pts if ext is None else np.vstack([pts, ext])
         if len(both) < 4:
             raise ValueError(f"t-SNE needs at least 4 points, got {len(both)}: use method='pca'")
         perplexity = float(min(30.0, (len(both) - 1) / 3))
         xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(both)
-        return xy[:len(pts)], None if ext is None else xy[len(pts):]
+        return xy[: len(pts)], None if ext is None else xy[len(pts) :]
     raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")

@@ -1,4 +1,5 @@
 """The Hub model card (``README.md``) of an export: Hub metadata, usage, results with their source, labels."""
+
 from __future__ import annotations
 
 import re
@@ -33,17 +34,37 @@ def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, license
     metrics = info.get("metrics") or {}
     dataset = info.get("dataset")
     source = info.get("metrics_source")
-    eval_results = [
-        EvalResult(task_type="image-classification", task_name="Multi-label image classification",
-                   dataset_type=_slug(dataset), dataset_name=dataset, metric_type=_slug(key), metric_name=key,
-                   metric_value=float(value))
-        for key, value in metrics.items()
-    ] if dataset else []
+    eval_results = (
+        [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Multi-label image classification",
+                dataset_type=_slug(dataset),
+                dataset_name=dataset,
+                metric_type=_slug(key),
+                metric_name=key,
+                metric_value=float(value),
+            )
+            for key, value in metrics.items()
+        ]
+        if dataset
+        else []
+    )
     card_data = ModelCardData(
-        library_name="sadcl", pipeline_tag="image-classification", license=license,
-        tags=["sadcl", "timm", "image-classification", "multi-label-image-classification", "pytorch",
-              "safetensors", f"backbone:{arch['backbone']}"],
-        model_name=name if eval_results else None, eval_results=eval_results or None,
+        library_name="sadcl",
+        pipeline_tag="image-classification",
+        license=license,
+        tags=[
+            "sadcl",
+            "timm",
+            "image-classification",
+            "multi-label-image-classification",
+            "pytorch",
+            "safetensors",
+            f"backbone:{arch['backbone']}",
+        ],
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
         metrics_source=source if metrics else None,  # where the model-index figures come from
         label_names=list(config["label_names"]),  # exact names (YAML escapes them), output i scores label i
     )
@@ -55,32 +76,48 @@ def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, license
         f"image's feature grid (semantic-aware representation learning) and trains those label-level embeddings "
         f"with sample-to-sample (SSCL) and prototype-to-sample (PSCL) contrastive losses; see the paper "
         f"([arXiv {_ARXIV}](https://arxiv.org/abs/{_ARXIV})).",
-        "## Model details\n\n" + _table([
-            ("Backbone", f"`{arch['backbone']}`"),
-            ("Transformer", f"{arch['num_encoder_layers']} encoder / {arch['num_decoder_layers']} decoder layers, "
-                            f"width {arch['hidden_dim']}, {arch['num_heads']} heads, FFN {arch['ffn_dim']}"),
-            ("Labels", f"{config['num_classes']}" + (f" ({printable(dataset)})" if dataset else "")),
-            ("Input", f"{pre['input_size'][1]}×{pre['input_size'][2]} RGB, resized without keeping the aspect "
-                      f"ratio (timm crop_mode {pre['crop_mode']}, crop_pct {pre['crop_pct']}), "
-                      f"{pre['interpolation']}, mean {pre['mean']}, std {pre['std']}"),
-            ("Outputs", "one logit per label; apply a sigmoid for independent per-label probabilities"),
-            ("Weights", f"`{info['weights']['filename']}`, sha256 `{info['weights']['sha256']}`"),
-        ]),
+        "## Model details\n\n"
+        + _table(
+            [
+                ("Backbone", f"`{arch['backbone']}`"),
+                (
+                    "Transformer",
+                    f"{arch['num_encoder_layers']} encoder / {arch['num_decoder_layers']} decoder layers, "
+                    f"width {arch['hidden_dim']}, {arch['num_heads']} heads, FFN {arch['ffn_dim']}",
+                ),
+                ("Labels", f"{config['num_classes']}" + (f" ({printable(dataset)})" if dataset else "")),
+                (
+                    "Input",
+                    f"{pre['input_size'][1]}×{pre['input_size'][2]} RGB, resized without keeping the aspect "
+                    f"ratio (timm crop_mode {pre['crop_mode']}, crop_pct {pre['crop_pct']}), "
+                    f"{pre['interpolation']}, mean {pre['mean']}, std {pre['std']}",
+                ),
+                ("Outputs", "one logit per label; apply a sigmoid for independent per-label probabilities"),
+                ("Weights", f"`{info['weights']['filename']}`, sha256 `{info['weights']['sha256']}`"),
+            ]
+        ),
         "## Usage\n\n```python\nimport sadcl\n\n"
-        f"model = sadcl.create_model(\"{where}\")\n"
-        "print(sadcl.predict(model, \"photo.jpg\", top_k=3))  # {label: probability}\n```\n\n"
+        f'model = sadcl.create_model("{where}")\n'
+        'print(sadcl.predict(model, "photo.jpg", top_k=3))  # {label: probability}\n```\n\n'
         "With timm (after `import sadcl`, which registers the architecture) and timm's own preprocessing:\n\n"
         "```python\nimport sadcl, timm\n\n"
-        f"model = timm.create_model(\"{where if repo_id else 'local-dir:path/to/this/folder'}\", pretrained=True)\n"
+        f'model = timm.create_model("{where if repo_id else "local-dir:path/to/this/folder"}", pretrained=True)\n'
         "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))\n```"
-        + ("\n\nWith ONNX Runtime (`model.onnx`, input `images` [batch, 3, H, W] normalised as above, "
-           "output `logits`):\n\n```python\nimport onnxruntime as ort\n\n"
-           "session = ort.InferenceSession(\"model.onnx\")\n"
-           "logits = session.run([\"logits\"], {\"images\": batch})[0]\n```" if info.get("onnx") else ""),
-        "## Results\n\n" + (
+        + (
+            "\n\nWith ONNX Runtime (`model.onnx`, input `images` [batch, 3, H, W] normalised as above, "
+            "output `logits`):\n\n```python\nimport onnxruntime as ort\n\n"
+            'session = ort.InferenceSession("model.onnx")\n'
+            'logits = session.run(["logits"], {"images": batch})[0]\n```'
+            if info.get("onnx")
+            else ""
+        ),
+        "## Results\n\n"
+        + (
             _table([(printable(k), str(float(v))) for k, v in metrics.items()], header=("Metric (%)", "Value"))
-            + f"\n\nSource: {printable(source or 'not stated')}." if metrics
-            else "No results are recorded for these weights."),
+            + f"\n\nSource: {printable(source or 'not stated')}."
+            if metrics
+            else "No results are recorded for these weights."
+        ),
         "## Labels\n\n" + _labels(config["label_names"]),
         "## Training recipe\n\n" + _recipe(info.get("recipe")),
         f"## Citation\n\n```bibtex\n{_CITATION}\n```",
@@ -101,8 +138,10 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "")) -> s
 def _labels(names: list[str]) -> str:
     # Label names come from users' files: control characters are shown escaped, never written raw.
     listing = "\n".join(f"{i}\t{printable(name)}" for i, name in enumerate(names))
-    return (f"{len(names)} labels; output `i` scores label `i`.\n\n<details>\n<summary>Label list</summary>\n\n"
-            f"```text\n{listing}\n```\n\n</details>")
+    return (
+        f"{len(names)} labels; output `i` scores label `i`.\n\n<details>\n<summary>Label list</summary>\n\n"
+        f"```text\n{listing}\n```\n\n</details>"
+    )
 
 
 def _recipe(recipe: Mapping[str, Any] | str | None) -> str:

@@ -16,12 +16,14 @@ label set is an error naming both. Every variant is also registered with timm (w
 so ``timm.create_model("sadcl_coco_448")``, ``timm.create_model("hf-hub:ORG/NAME")`` and
 ``timm.create_model("local-dir:PATH")`` come here too.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from timm.models import generate_default_cfgs, register_model
@@ -47,8 +49,15 @@ from .weights import (
     resolve_checkpoint,
 )
 
-__all__ = ["DEFAULT_MODEL", "HF_HUB_PREFIX", "LOCAL_DIR_PREFIX", "ModelSourceError", "create_model",
-           "describe_source", "model_from_args"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "HF_HUB_PREFIX",
+    "LOCAL_DIR_PREFIX",
+    "ModelSourceError",
+    "create_model",
+    "describe_source",
+    "model_from_args",
+]
 
 DEFAULT_MODEL = "sadcl_fashion_mosaic"  # the shipped model: what the commands use when no model is named
 HF_HUB_PREFIX = "hf-hub:"
@@ -107,15 +116,24 @@ def create_model(
     overlay = dict(pretrained_cfg_overlay or {})
     if overlay.get("file") is not None:
         if checkpoint_path is not None:
-            raise ModelSourceError("give the checkpoint either as checkpoint_path= or as pretrained_cfg_overlay['file']")
+            raise ModelSourceError(
+                "give the checkpoint either as checkpoint_path= or as pretrained_cfg_overlay['file']"
+            )
         checkpoint_path = overlay.pop("file")
     unknown = sorted(set(overrides) - _CONSTRUCTOR_KEYS)
     if unknown:
-        raise TypeError(f"create_model({os.fspath(source)!r}) got unknown keyword(s) {unknown}; valid: "
-                        f"{sorted(_CONSTRUCTOR_KEYS | {'num_classes', 'label_names', 'checkpoint_path', 'cache_dir'})}")
-    src = _resolve(source, pretrained=pretrained, checkpoint_path=checkpoint_path, cache_dir=cache_dir,
-                   head_change=num_classes is not None or label_names is not None,
-                   arch={k: v for k, v in overrides.items() if k in ARCHITECTURE_KEYS})
+        raise TypeError(
+            f"create_model({os.fspath(source)!r}) got unknown keyword(s) {unknown}; valid: "
+            f"{sorted(_CONSTRUCTOR_KEYS | {'num_classes', 'label_names', 'checkpoint_path', 'cache_dir'})}"
+        )
+    src = _resolve(
+        source,
+        pretrained=pretrained,
+        checkpoint_path=checkpoint_path,
+        cache_dir=cache_dir,
+        head_change=num_classes is not None or label_names is not None,
+        arch={k: v for k, v in overrides.items() if k in ARCHITECTURE_KEYS},
+    )
     return _build(src, num_classes=num_classes, label_names=label_names, overlay=overlay, overrides=overrides)
 
 
@@ -148,8 +166,12 @@ def model_from_header(header: Mapping[str, Any], where: str) -> SADCL:
     whose weights come from its training checkpoint next."""
     parsed = parse_header({"sadcl": canonical_json(dict(header))}, where)
     assert parsed is not None
-    src = _Source(config=dict(parsed.config), preprocessing=parsed.preprocessing,
-                  variant=parsed.variant if parsed.variant in VARIANTS else None, source=parsed.source)
+    src = _Source(
+        config=dict(parsed.config),
+        preprocessing=parsed.preprocessing,
+        variant=parsed.variant if parsed.variant in VARIANTS else None,
+        source=parsed.source,
+    )
     return _build(src, num_classes=None, label_names=None, overlay={}, overrides={})
 
 
@@ -171,28 +193,42 @@ def describe_source(source: str | os.PathLike) -> str:
     raise AssertionError("unreachable")
 
 
-def _resolve(source: str | os.PathLike, *, pretrained: bool, checkpoint_path: str | os.PathLike | None,
-             cache_dir: str | os.PathLike | None, head_change: bool, arch: Mapping[str, Any] | None = None) -> _Source:
+def _resolve(
+    source: str | os.PathLike,
+    *,
+    pretrained: bool,
+    checkpoint_path: str | os.PathLike | None,
+    cache_dir: str | os.PathLike | None,
+    head_change: bool,
+    arch: Mapping[str, Any] | None = None,
+) -> _Source:
     text = os.fspath(source)
     kind = describe_source(text)
     if kind == "variant":
-        return _from_variant(text, pretrained=pretrained, checkpoint_path=checkpoint_path, cache_dir=cache_dir,
-                             head_change=head_change, arch=arch or {})
+        return _from_variant(
+            text,
+            pretrained=pretrained,
+            checkpoint_path=checkpoint_path,
+            cache_dir=cache_dir,
+            head_change=head_change,
+            arch=arch or {},
+        )
     if checkpoint_path is not None:
         raise ModelSourceError(f"{text!r} already names the weights; checkpoint_path= goes with a variant name")
     if kind == "file":
         return _from_file(Path(text).expanduser())
     if kind == "folder":
-        folder = Path(text[len(LOCAL_DIR_PREFIX):] if text.startswith(LOCAL_DIR_PREFIX) else text).expanduser()
+        folder = Path(text[len(LOCAL_DIR_PREFIX) :] if text.startswith(LOCAL_DIR_PREFIX) else text).expanduser()
         return _from_export(_export.read_export(folder), source=str(folder))
     repo_id, revision = _parse_hub_name(text)
     export, commit = _export.download_export(repo_id, revision, cache_dir)
-    return _from_export(export, source=f"{HF_HUB_PREFIX}{repo_id}@{commit or revision or 'main'}",
-                        hub=(repo_id, commit))
+    return _from_export(
+        export, source=f"{HF_HUB_PREFIX}{repo_id}@{commit or revision or 'main'}", hub=(repo_id, commit)
+    )
 
 
 def _parse_hub_name(text: str) -> tuple[str, str | None]:
-    rest = text[len(HF_HUB_PREFIX):]
+    rest = text[len(HF_HUB_PREFIX) :]
     repo_id, at, revision = rest.partition("@")
     parts = repo_id.split("/")
     if len(parts) != 2 or not all(parts) or (at and not revision):
@@ -204,14 +240,22 @@ def _read_header(path: Path) -> WeightsHeader | None:
     return parse_header(read_safetensors_metadata(path), str(path))
 
 
-def _from_variant(name: str, *, pretrained: bool, checkpoint_path: str | os.PathLike | None,
-                  cache_dir: str | os.PathLike | None, head_change: bool, arch: Mapping[str, Any]) -> _Source:
+def _from_variant(
+    name: str,
+    *,
+    pretrained: bool,
+    checkpoint_path: str | os.PathLike | None,
+    cache_dir: str | os.PathLike | None,
+    head_change: bool,
+    arch: Mapping[str, Any],
+) -> _Source:
     """A variant, with ``arch`` (architecture overrides the caller asked for) applied before any file is checked."""
     cfg = VARIANTS[name]
     record = weights_table().get(name)
     meta = variant_pretrained_cfg(name, record)
-    src = _Source(config={**cfg.constructor_args(), **arch}, preprocessing=cfg.preprocessing, variant=name,
-                  source=None, meta=meta)
+    src = _Source(
+        config={**cfg.constructor_args(), **arch}, preprocessing=cfg.preprocessing, variant=name, source=None, meta=meta
+    )
     if checkpoint_path is None and not pretrained:
         return src
     if checkpoint_path is None and record is None:
@@ -278,34 +322,51 @@ def _from_file(path: Path) -> _Source:
     if header.format_version == 1 and variant is not None:
         # sadcl 0.1 files recorded no preprocessing: the variant they came from says how to normalise.
         v = VARIANTS[variant]
-        pre = Preprocessing.square(header.config.get("img_size", v.img_size), mean=v.mean, std=v.std,
-                                   interpolation=v.interpolation)
+        pre = Preprocessing.square(
+            header.config.get("img_size", v.img_size), mean=v.mean, std=v.std, interpolation=v.interpolation
+        )
     meta: dict[str, Any] = {"training": header.training} if header.training else {}
     if variant is not None:
         meta.update(dataset=VARIANTS[variant].dataset)
-    return _Source(config=dict(header.config), preprocessing=pre, variant=variant, source=str(path), weights=path,
-                   recorded=header.variant or "a custom SADCL model", meta=meta)
+    return _Source(
+        config=dict(header.config),
+        preprocessing=pre,
+        variant=variant,
+        source=str(path),
+        weights=path,
+        recorded=header.variant or "a custom SADCL model",
+        meta=meta,
+    )
 
 
 def _from_export(export: _export.Export, *, source: str, hub: tuple[str, str | None] | None = None) -> _Source:
     header = _read_header(export.weights_path)
     if header is not None and header.config != export.config:
-        raise CheckpointFileError(f"{source}: config.json and the header of {export.weights_path.name} describe "
-                                  "different models; export the model again")
+        raise CheckpointFileError(
+            f"{source}: config.json and the header of {export.weights_path.name} describe "
+            "different models; export the model again"
+        )
     variant = export.variant if export.variant in VARIANTS else None
     meta = dict(export.meta)
     weights = dict(export.weights)
     if hub is not None:
         weights.update(hf_hub_id=hub[0], revision=hub[1])
     meta.update(weights=weights, has_weights=True)
-    return _Source(config=dict(export.config), preprocessing=export.preprocessing, variant=variant,
-                   source=source, weights=export.weights_path, recorded=export.variant or "a custom SADCL model",
-                   meta=meta)
+    return _Source(
+        config=dict(export.config),
+        preprocessing=export.preprocessing,
+        variant=variant,
+        source=source,
+        weights=export.weights_path,
+        recorded=export.variant or "a custom SADCL model",
+        meta=meta,
+    )
 
 
 # ----------------------------------------------------------------------------- building
-def _build(src: _Source, *, num_classes: int | None, label_names: Any, overlay: Mapping[str, Any],
-           overrides: Mapping[str, Any]) -> SADCL:
+def _build(
+    src: _Source, *, num_classes: int | None, label_names: Any, overlay: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> SADCL:
     args = dict(src.config)
     stored_labels = list(args["label_names"])
     if label_names is not None:
@@ -320,8 +381,10 @@ def _build(src: _Source, *, num_classes: int | None, label_names: Any, overlay: 
     loading = src.weights is not None
     if loading:
         if overrides.get("pretrained_backbone"):
-            raise ModelSourceError("pretrained_backbone=True downloads ImageNet weights that the checkpoint would "
-                                   "overwrite: drop it when loading a checkpoint")
+            raise ModelSourceError(
+                "pretrained_backbone=True downloads ImageNet weights that the checkpoint would "
+                "overwrite: drop it when loading a checkpoint"
+            )
         args["pretrained_backbone"] = False
     # With a checkpoint, build on the meta device: nothing is allocated (or randomly initialised) before the
     # file's own tensors are checked against the architecture and assigned.
@@ -331,8 +394,9 @@ def _build(src: _Source, *, num_classes: int | None, label_names: Any, overlay: 
     pre = _with_overrides(src.preprocessing, model.config["img_size"], overlay)
     if loading:
         state_dict, _ = read_safetensors(src.weights)
-        load_pretrained(model, state_dict, source=str(src.source or src.weights), head_change=head_change,
-                        recorded=src.recorded)
+        load_pretrained(
+            model, state_dict, source=str(src.source or src.weights), head_change=head_change, recorded=src.recorded
+        )
     model.pretrained_cfg = _pretrained_cfg(src, model, pre, head_change, overrides, overlay)
     return model
 
@@ -355,8 +419,14 @@ def _with_overrides(pre: Preprocessing, img_size: int, overlay: Mapping[str, Any
         raise ModelSourceError(str(e)) from None
 
 
-def _pretrained_cfg(src: _Source, model: SADCL, pre: Preprocessing, head_change: bool,
-                    overrides: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+def _pretrained_cfg(
+    src: _Source,
+    model: SADCL,
+    pre: Preprocessing,
+    head_change: bool,
+    overrides: Mapping[str, Any],
+    overlay: Mapping[str, Any],
+) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` keys (so timm's data config and transforms work) plus sadcl's metadata."""
     cfg = dict(src.meta)
     variant = src.variant
@@ -367,8 +437,13 @@ def _pretrained_cfg(src: _Source, model: SADCL, pre: Preprocessing, head_change:
     cfg.update(pre.to_cfg())
     cfg.update({k: v for k, v in overlay.items() if k not in _PREPROCESSING_KEYS})
     cfg.update(
-        architecture=variant or "sadcl", variant=variant, source=src.source, fixed_input_size=False,
-        label_names=list(model.label_names), num_classes=model.num_classes, classifier="fc",
+        architecture=variant or "sadcl",
+        variant=variant,
+        source=src.source,
+        fixed_input_size=False,
+        label_names=list(model.label_names),
+        num_classes=model.num_classes,
+        classifier="fc",
         has_weights=src.weights is not None,
     )
     if overrides or head_change:  # count what was built
@@ -384,8 +459,13 @@ def _timm_cfg(name: str) -> dict[str, Any]:
     record = weights_table().get(name)
     labels = list(read_labels(v.labels))
     cfg: dict[str, Any] = dict(
-        **v.preprocessing.to_dict(), fixed_input_size=False, num_classes=len(labels), label_names=labels,
-        classifier="fc", paper_ids="arXiv:2307.09715", description=v.description,
+        **v.preprocessing.to_dict(),
+        fixed_input_size=False,
+        num_classes=len(labels),
+        label_names=labels,
+        classifier="fc",
+        paper_ids="arXiv:2307.09715",
+        description=v.description,
     )
     if record is not None:  # has_weights for timm.list_pretrained
         if record.packaged_path is not None:
@@ -416,11 +496,17 @@ def _timm_factory(name: str | None, pretrained: bool = False, **kwargs: Any) -> 
 
 def _architecture_only(source: str, kwargs: dict[str, Any]) -> SADCL:
     """timm's ``pretrained=False`` for a Hub/local export: the recorded architecture, randomly initialised."""
-    src = _resolve(source, pretrained=False, checkpoint_path=None, cache_dir=kwargs.pop("cache_dir", None),
-                   head_change=False)
+    src = _resolve(
+        source, pretrained=False, checkpoint_path=None, cache_dir=kwargs.pop("cache_dir", None), head_change=False
+    )
     src.weights = None
-    return _build(src, num_classes=kwargs.pop("num_classes", None), label_names=kwargs.pop("label_names", None),
-                  overlay=kwargs.pop("pretrained_cfg_overlay", None) or {}, overrides=kwargs)
+    return _build(
+        src,
+        num_classes=kwargs.pop("num_classes", None),
+        label_names=kwargs.pop("label_names", None),
+        overlay=kwargs.pop("pretrained_cfg_overlay", None) or {},
+        overrides=kwargs,
+    )
 
 
 def _register(name: str | None, export_name: str) -> Any:

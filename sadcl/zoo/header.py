@@ -22,6 +22,7 @@ architecture name for the backbone) and raises :class:`HeaderError` naming the f
 header can make sadcl download anything (``pretrained_backbone`` is never taken from a file) or allocate more
 than the limits below before the weights themselves are read.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,9 @@ import math
 import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -48,20 +50,41 @@ LEGACY_TRAINING_KEY = "sadcl_training"
 
 # Constructor keys a file may set, with their type and bounds. pretrained_backbone is absent on purpose:
 # a file can never make sadcl download a backbone.
-_INT_LIMITS = {"num_classes": (1, 100_000), "img_size": (1, 8192), "hidden_dim": (1, 16_384),
-               "ffn_dim": (1, 65_536), "num_heads": (1, 256), "num_encoder_layers": (0, 64),
-               "num_decoder_layers": (1, 64), "proj_dim": (1, 16_384)}
+_INT_LIMITS = {
+    "num_classes": (1, 100_000),
+    "img_size": (1, 8192),
+    "hidden_dim": (1, 16_384),
+    "ffn_dim": (1, 65_536),
+    "num_heads": (1, 256),
+    "num_encoder_layers": (0, 64),
+    "num_decoder_layers": (1, 64),
+    "proj_dim": (1, 16_384),
+}
 _BOOL_KEYS = ("freeze_bn", "freeze_stem", "fold_frozen_bn")
 CONFIG_KEYS = tuple(k for k in CONSTRUCTOR_KEYS if k != "pretrained_backbone")
 # Keys that decide the parameters' shapes and meaning (a checkpoint must match them); the others
 # (img_size, dropout, freezing) are how the network is used or trained.
-ARCHITECTURE_KEYS = ("backbone", "hidden_dim", "ffn_dim", "num_heads", "num_encoder_layers",
-                     "num_decoder_layers", "proj_dim")
+ARCHITECTURE_KEYS = (
+    "backbone",
+    "hidden_dim",
+    "ffn_dim",
+    "num_heads",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "proj_dim",
+)
 MAX_LABEL_CHARS = 1_000
 _TIMM_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")  # timm "arch" or "arch.tag": never hf-hub:/local-dir:
 _SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
     torch.bool: "BOOL",
 }
 
@@ -90,9 +113,16 @@ class WeightsHeader:
     def to_json(self) -> dict[str, Any]:
         from .. import __version__
 
-        return {"format": HEADER_FORMAT, "format_version": HEADER_VERSION, "sadcl_version": __version__,
-                "config": dict(self.config), "preprocessing": self.preprocessing.to_dict(),
-                "variant": self.variant, "source": self.source, "training": self.training}
+        return {
+            "format": HEADER_FORMAT,
+            "format_version": HEADER_VERSION,
+            "sadcl_version": __version__,
+            "config": dict(self.config),
+            "preprocessing": self.preprocessing.to_dict(),
+            "variant": self.variant,
+            "source": self.source,
+            "training": self.training,
+        }
 
     def to_metadata(self) -> dict[str, str]:
         return {"format": "pt", HEADER_KEY: canonical_json(self.to_json())}
@@ -128,16 +158,26 @@ def validate_config(raw: Any, where: str) -> dict[str, Any]:
     for key in _BOOL_KEYS:
         if key in cfg and not isinstance(cfg[key], bool):
             raise HeaderError(f"{where}.{key} must be true or false, got {_short(cfg[key])}")
-    if "dropout" in cfg and not (isinstance(cfg["dropout"], (int, float)) and not isinstance(cfg["dropout"], bool)
-                                 and math.isfinite(cfg["dropout"]) and 0 <= cfg["dropout"] < 1):
+    if "dropout" in cfg and not (
+        isinstance(cfg["dropout"], (int, float))
+        and not isinstance(cfg["dropout"], bool)
+        and math.isfinite(cfg["dropout"])
+        and 0 <= cfg["dropout"] < 1
+    ):
         raise HeaderError(f"{where}.dropout must be a number in [0, 1), got {_short(cfg['dropout'])}")
     if "hidden_dim" in cfg and "num_heads" in cfg and cfg["hidden_dim"] % cfg["num_heads"]:
         raise HeaderError(f"{where}: hidden_dim {cfg['hidden_dim']} is not divisible by num_heads {cfg['num_heads']}")
     names = cfg.get("label_names")
-    if (not isinstance(names, list) or not names or len(names) > _INT_LIMITS["num_classes"][1]
-            or not all(isinstance(n, str) and 0 < len(n) <= MAX_LABEL_CHARS for n in names)):
-        raise HeaderError(f"{where}.label_names must be a non-empty list of names (strings of 1 to "
-                          f"{MAX_LABEL_CHARS} characters), got {_short(names)}")
+    if (
+        not isinstance(names, list)
+        or not names
+        or len(names) > _INT_LIMITS["num_classes"][1]
+        or not all(isinstance(n, str) and 0 < len(n) <= MAX_LABEL_CHARS for n in names)
+    ):
+        raise HeaderError(
+            f"{where}.label_names must be a non-empty list of names (strings of 1 to "
+            f"{MAX_LABEL_CHARS} characters), got {_short(names)}"
+        )
     if len(set(names)) != len(names):
         raise HeaderError(f"{where}.label_names has duplicated names")
     if cfg.get("num_classes", len(names)) != len(names):
@@ -175,8 +215,10 @@ def parse_header(metadata: Mapping[str, str] | None, where: str) -> WeightsHeade
         if not isinstance(version, int) or isinstance(version, bool) or version < 2:
             raise HeaderError(f"{where}: header field format_version must be an integer >= 2, got {_short(version)}")
         if version > HEADER_VERSION:
-            raise HeaderError(f"{where} was written by a newer sadcl (header format_version {version}); "
-                              "upgrade sadcl (pip install -U sadcl)")
+            raise HeaderError(
+                f"{where} was written by a newer sadcl (header format_version {version}); "
+                "upgrade sadcl (pip install -U sadcl)"
+            )
         config = validate_config(data.get("config"), f"{where}: header field config")
         try:
             pre = Preprocessing.from_dict(data.get("preprocessing"), f"{where}: header field preprocessing")
@@ -185,15 +227,25 @@ def parse_header(metadata: Mapping[str, str] | None, where: str) -> WeightsHeade
         training = data.get("training")
         if training is not None and not isinstance(training, dict):
             raise HeaderError(f"{where}: header field training must be an object or null")
-        known = {"format", "format_version", "sadcl_version", "config", "preprocessing", "variant", "source",
-                 "training"}
+        known = {
+            "format",
+            "format_version",
+            "sadcl_version",
+            "config",
+            "preprocessing",
+            "variant",
+            "source",
+            "training",
+        }
         return WeightsHeader(
-            config=config, preprocessing=pre,
+            config=config,
+            preprocessing=pre,
             variant=_optional_str(data.get("variant"), f"{where}: header field variant"),
             source=_optional_str(data.get("source"), f"{where}: header field source"),
-            training=training, sadcl_version=_optional_str(data.get("sadcl_version"), f"{where}: header field "
-                                                                                          "sadcl_version"),
-            format_version=version, extra={k: v for k, v in data.items() if k not in known},
+            training=training,
+            sadcl_version=_optional_str(data.get("sadcl_version"), f"{where}: header field sadcl_version"),
+            format_version=version,
+            extra={k: v for k, v in data.items() if k not in known},
         )
     if LEGACY_CONFIG_KEY in metadata:  # sadcl 0.1: constructor config (+ variant, training) as separate entries
         try:
@@ -211,8 +263,9 @@ def parse_header(metadata: Mapping[str, str] | None, where: str) -> WeightsHeade
             training = training if isinstance(training, dict) else None
         # Version 1 recorded no preprocessing: the variant's (resolved by the factory), else ImageNet's.
         pre = Preprocessing.square(config.get("img_size", 448))
-        return WeightsHeader(config=config, preprocessing=pre, variant=variant, source=variant,
-                             training=training, format_version=1)
+        return WeightsHeader(
+            config=config, preprocessing=pre, variant=variant, source=variant, training=training, format_version=1
+        )
     return None
 
 
@@ -240,8 +293,11 @@ def serialize(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] |
     chunks, offset = [], 0
     for name, t in items:
         data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         chunks.append(data)
         offset += len(data)
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -256,4 +312,3 @@ def write_weights(
     data = serialize(tensors, metadata)
     atomic_write(path, lambda f: f.write(data))
     return hashlib.sha256(data).hexdigest()
-

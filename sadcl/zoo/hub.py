@@ -22,6 +22,7 @@ Publishing (:func:`push_to_hub`, ``sadcl push``) uploads exactly the files ``sad
 ``config.json`` (:func:`export_manifest`), each checked against its recorded sha256 and size, into a repository
 that is private unless ``public=True`` (``--public``) is given.
 """
+
 from __future__ import annotations
 
 import json
@@ -176,16 +177,19 @@ def _install_hooks() -> None:
     from huggingface_hub.utils import _http
 
     with _install_lock:
-        current: Callable[[], httpx2.Client] = (getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
-                                                or _http.default_client_factory)
+        current: Callable[[], httpx2.Client] = (
+            getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) or _http.default_client_factory
+        )
         if getattr(current, "_sadcl_deadline_hooks", False):
             return
 
         def factory() -> httpx2.Client:
             client = current()
             hooks = client.event_hooks
-            client.event_hooks = {"request": [*hooks["request"], _on_request],
-                                  "response": [*hooks["response"], _on_response]}
+            client.event_hooks = {
+                "request": [*hooks["request"], _on_request],
+                "response": [*hooks["response"], _on_response],
+            }
             return client
 
         factory._sadcl_deadline_hooks = True  # type: ignore[attr-defined]
@@ -261,8 +265,14 @@ def hub_download(
     def work() -> None:  # in a thread of its own, so that the caller's wait is bounded whatever blocks
         try:
             with _budget_scope(budget):
-                outcome["path"] = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                                  library_name="sadcl", library_version=_sadcl_version())
+                outcome["path"] = hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    library_name="sadcl",
+                    library_version=_sadcl_version(),
+                )
         except BaseException as e:  # handed to the caller's thread
             outcome["error"] = e
 
@@ -278,8 +288,16 @@ def hub_download(
     error = _DeadlineExceeded(seconds) if abandoned else outcome.get("error")
     if error is None:
         return Path(outcome["path"])
-    message = hub_error_message(error, what=what, repo_id=repo_id, filename=filename, revision=revision,
-                                cache_root=_cache_root(cache_dir), instead=instead, if_missing=if_missing)
+    message = hub_error_message(
+        error,
+        what=what,
+        repo_id=repo_id,
+        filename=filename,
+        revision=revision,
+        cache_root=_cache_root(cache_dir),
+        instead=instead,
+        if_missing=if_missing,
+    )
     raise WeightsDownloadError(message) from error
 
 
@@ -287,9 +305,17 @@ def _is_hub_failure(error: BaseException) -> bool:
     """True for the errors a Hub download raises (huggingface_hub's, the HTTP client's, the deadline's)."""
     from huggingface_hub import errors
 
-    return isinstance(error, (_DeadlineExceeded, _Unreachable, httpx2.TransportError, errors.HfHubHTTPError,
-                              errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)) \
-        or (isinstance(error, OSError) and "Consistency check failed" in str(error))
+    return isinstance(
+        error,
+        (
+            _DeadlineExceeded,
+            _Unreachable,
+            httpx2.TransportError,
+            errors.HfHubHTTPError,
+            errors.LocalEntryNotFoundError,
+            errors.OfflineModeIsEnabled,
+        ),
+    ) or (isinstance(error, OSError) and "Consistency check failed" in str(error))
 
 
 def _first_line(error: BaseException) -> str:
@@ -334,8 +360,9 @@ def hub_error_message(
     from huggingface_hub import constants, errors
 
     endpoint = constants.ENDPOINT
-    subject = what if repo_id is None else (f"{what} ({filename} in Hub repo {repo_id!r} "
-                                            f"at revision {revision or 'main'})")
+    subject = (
+        what if repo_id is None else (f"{what} ({filename} in Hub repo {repo_id!r} at revision {revision or 'main'})")
+    )
     repo = f"repository {repo_id!r}" if repo_id else "the repository"
     alternative = f", or {instead}" if instead else ""
     missing = f" {if_missing}" if if_missing else ""
@@ -344,20 +371,25 @@ def hub_error_message(
     status = getattr(getattr(error, "response", None), "status_code", None)
 
     if isinstance(error, _DeadlineExceeded):
-        return (f"cannot download {subject} from {endpoint}: it did not complete within the {error.seconds:g} s "
-                f"download deadline (the server is too slow or does not answer), so nothing was stored in the cache "
-                f"directory {cache_root}. Allow more time with {DOWNLOAD_TIMEOUT_ENV}=<seconds>, check the network, "
-                f"or {offline_hint}{alternative}.")
-    if isinstance(error, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)) \
-            and constants.is_offline_mode():
-        return (f"cannot load {subject}: HF_HUB_OFFLINE is set and the file is not in the cache directory "
-                f"{cache_root}. Download it once with network access (unset HF_HUB_OFFLINE), point "
-                f"HF_HUB_CACHE/cache_dir at a cache that holds it{alternative}.")
+        return (
+            f"cannot download {subject} from {endpoint}: it did not complete within the {error.seconds:g} s "
+            f"download deadline (the server is too slow or does not answer), so nothing was stored in the cache "
+            f"directory {cache_root}. Allow more time with {DOWNLOAD_TIMEOUT_ENV}=<seconds>, check the network, "
+            f"or {offline_hint}{alternative}."
+        )
+    if isinstance(error, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)) and constants.is_offline_mode():
+        return (
+            f"cannot load {subject}: HF_HUB_OFFLINE is set and the file is not in the cache directory "
+            f"{cache_root}. Download it once with network access (unset HF_HUB_OFFLINE), point "
+            f"HF_HUB_CACHE/cache_dir at a cache that holds it{alternative}."
+        )
     reason = _network_reason(error)
     if reason is not None:
-        return (f"cannot download {subject}: the Hub at {endpoint} cannot be reached ({reason}) and the file is not "
-                f"in the cache directory {cache_root}. Check the network (HF_ENDPOINT, proxies), or {offline_hint}"
-                f"{alternative}.")
+        return (
+            f"cannot download {subject}: the Hub at {endpoint} cannot be reached ({reason}) and the file is not "
+            f"in the cache directory {cache_root}. Check the network (HF_ENDPOINT, proxies), or {offline_hint}"
+            f"{alternative}."
+        )
     if isinstance(error, errors.LocalEntryNotFoundError):  # the HEAD request failed for another reason
         if isinstance(cause, errors.HfHubHTTPError):
             code = getattr(getattr(cause, "response", None), "status_code", "?")
@@ -366,29 +398,41 @@ def hub_error_message(
             why = f"{endpoint} does not answer like a Hugging Face Hub (check HF_ENDPOINT and proxies)"
         else:
             why = f"the Hub at {endpoint} could not be asked ({_first_line(cause or error)})"
-        return (f"cannot download {subject}: {why} and the file is not in the cache directory {cache_root}. "
-                f"Try again later, or {offline_hint}{alternative}.")
+        return (
+            f"cannot download {subject}: {why} and the file is not in the cache directory {cache_root}. "
+            f"Try again later, or {offline_hint}{alternative}."
+        )
     if isinstance(error, errors.GatedRepoError):
-        return (f"cannot download {subject}: {repo} on {endpoint} is gated: accept its conditions "
-                f"on its Hub page and log in (hf auth login or HF_TOKEN){alternative}.")
+        return (
+            f"cannot download {subject}: {repo} on {endpoint} is gated: accept its conditions "
+            f"on its Hub page and log in (hf auth login or HF_TOKEN){alternative}."
+        )
     if isinstance(error, errors.RepositoryNotFoundError):
-        return (f"cannot download {subject}: {repo} was not found on {endpoint} (it does not "
-                f"exist, or it is private and no valid token was sent). Check HF_ENDPOINT and your token.{missing}")
+        return (
+            f"cannot download {subject}: {repo} was not found on {endpoint} (it does not "
+            f"exist, or it is private and no valid token was sent). Check HF_ENDPOINT and your token.{missing}"
+        )
     if isinstance(error, errors.RevisionNotFoundError):
-        return (f"cannot download {subject}: revision {revision or 'main'} does not exist in {repo} on "
-                f"{endpoint}.{missing}")
+        return (
+            f"cannot download {subject}: revision {revision or 'main'} does not exist in {repo} on {endpoint}.{missing}"
+        )
     if isinstance(error, errors.RemoteEntryNotFoundError):
         name = repr(filename) if filename else "of that name"
-        return (f"cannot download {subject}: the repository has no file {name} at that revision on "
-                f"{endpoint}.{missing}")
+        return f"cannot download {subject}: the repository has no file {name} at that revision on {endpoint}.{missing}"
     if isinstance(error, OSError) and "Consistency check failed" in str(error):
-        return (f"the download of {subject} was incomplete (the file is shorter than announced), so nothing was "
-                f"stored in the cache directory {cache_root}. Run again; if it persists, check your proxy.")
+        return (
+            f"the download of {subject} was incomplete (the file is shorter than announced), so nothing was "
+            f"stored in the cache directory {cache_root}. Run again; if it persists, check your proxy."
+        )
     if isinstance(error, errors.HfHubHTTPError) and status is not None:
-        return (f"cannot download {subject}: the Hub at {endpoint} answered HTTP {status} "
-                f"({_first_line(error)}). Try again later, or {offline_hint}{alternative}.")
-    return (f"cannot download {subject} from {endpoint} into the cache directory {cache_root}: "
-            f"{type(error).__name__}: {_first_line(error)}")
+        return (
+            f"cannot download {subject}: the Hub at {endpoint} answered HTTP {status} "
+            f"({_first_line(error)}). Try again later, or {offline_hint}{alternative}."
+        )
+    return (
+        f"cannot download {subject} from {endpoint} into the cache directory {cache_root}: "
+        f"{type(error).__name__}: {_first_line(error)}"
+    )
 
 
 # ----------------------------------------------------------------------------- publishing
@@ -398,12 +442,12 @@ class PublishError(RuntimeError):
 
 def _file_record(entry: Any, where: str) -> dict[str, Any]:
     if not isinstance(entry, Mapping):
-        raise PublishError(f"{where} must be an object with \"sha256\" and \"size\", got {entry!r:.80}")
+        raise PublishError(f'{where} must be an object with "sha256" and "size", got {entry!r:.80}')
     digest, size = entry.get("sha256"), entry.get("size")
     if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-        raise PublishError(f"{where}: \"sha256\" must be 64 lower-case hex characters, got {digest!r:.80}")
+        raise PublishError(f'{where}: "sha256" must be 64 lower-case hex characters, got {digest!r:.80}')
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise PublishError(f"{where}: \"size\" must be a non-negative integer, got {size!r:.80}")
+        raise PublishError(f'{where}: "size" must be a non-negative integer, got {size!r:.80}')
     return {"sha256": digest, "size": size}
 
 
@@ -432,20 +476,22 @@ def export_manifest(config: Mapping[str, Any], folder: Path) -> dict[str, dict[s
     section = _export_section(config)
     manifest: dict[str, dict[str, Any] | None] = {CONFIG_NAME: None}
     if section.get("format_version") == 1:
-        manifest[WEIGHTS_NAME] = _file_record(config.get("weights"), f"{where}: \"weights\"")
+        manifest[WEIGHTS_NAME] = _file_record(config.get("weights"), f'{where}: "weights"')
         manifest[CARD_NAME] = None
         if config.get("onnx") is not None:
-            manifest[ONNX_NAME] = _file_record(config["onnx"], f"{where}: \"onnx\"")
+            manifest[ONNX_NAME] = _file_record(config["onnx"], f'{where}: "onnx"')
         return manifest
     files = section.get("files")
     if not isinstance(files, Mapping) or WEIGHTS_NAME not in files:
-        raise PublishError(f"{where}: \"sadcl\".\"files\" must be an object listing at least {WEIGHTS_NAME}")
+        raise PublishError(f'{where}: "sadcl"."files" must be an object listing at least {WEIGHTS_NAME}')
     allowed = (WEIGHTS_NAME, CARD_NAME, ONNX_NAME)  # nothing else is ever published, whatever config.json says
     for name, entry in files.items():
         if name not in allowed:
-            raise PublishError(f"{where} lists {name!r:.80}, which `sadcl export` never writes; refusing to publish "
-                               f"it (export files: {CONFIG_NAME}, {', '.join(allowed)})")
-        manifest[name] = _file_record(entry, f"{where}: \"sadcl\".\"files\".{name}")
+            raise PublishError(
+                f"{where} lists {name!r:.80}, which `sadcl export` never writes; refusing to publish "
+                f"it (export files: {CONFIG_NAME}, {', '.join(allowed)})"
+            )
+        manifest[name] = _file_record(entry, f'{where}: "sadcl"."files".{name}')
     return manifest
 
 
@@ -468,12 +514,16 @@ def _publish_error_message(folder: Path, repo_id: str, endpoint: str, error: Bas
         return f"{head}: HF_HUB_OFFLINE is set, and publishing needs the network; unset HF_HUB_OFFLINE and run again"
     reason = _network_reason(error)
     if reason is not None:
-        return (f"{head}: the Hub cannot be reached ({reason}). Check the network (HF_ENDPOINT, proxies) and "
-                "run again; nothing was published")
+        return (
+            f"{head}: the Hub cannot be reached ({reason}). Check the network (HF_ENDPOINT, proxies) and "
+            "run again; nothing was published"
+        )
     status = getattr(getattr(error, "response", None), "status_code", None)
     if status in (401, 403):
-        return (f"{head}: HTTP {status}, the Hub refused the token ({_first_line(error)}). Log in with "
-                "`hf auth login` or pass a write token that may write to this repository (token=<token>)")
+        return (
+            f"{head}: HTTP {status}, the Hub refused the token ({_first_line(error)}). Log in with "
+            "`hf auth login` or pass a write token that may write to this repository (token=<token>)"
+        )
     if status is not None:
         return f"{head}: HTTP {status} ({_first_line(error)})"
     return f"{head}: {type(error).__name__}: {_first_line(error)}"
@@ -515,23 +565,29 @@ def push_to_hub(
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            raise PublishError(f"{folder} is not a complete export: {name} is missing; run `sadcl export` "
-                               "again") from None
+            raise PublishError(
+                f"{folder} is not a complete export: {name} is missing; run `sadcl export` again"
+            ) from None
         if not stat.S_ISREG(st.st_mode):
             raise PublishError(f"{path} is not a regular file (a link or special file); refusing to publish it")
         op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
-        if record is not None and (op.upload_info.size != record["size"]
-                                   or op.upload_info.sha256.hex() != record["sha256"]):
-            raise PublishError(f"{path} changed since `sadcl export` wrote it (its size or sha256 differs from "
-                               f"{CONFIG_NAME}); run `sadcl export` again")
+        if record is not None and (
+            op.upload_info.size != record["size"] or op.upload_info.sha256.hex() != record["sha256"]
+        ):
+            raise PublishError(
+                f"{path} changed since `sadcl export` wrote it (its size or sha256 differs from "
+                f"{CONFIG_NAME}); run `sadcl export` again"
+            )
         operations.append(op)
     weights = manifest[WEIGHTS_NAME]
     assert weights is not None  # export_manifest always records the weights
 
     api = HfApi(token=token)
     where = f"{api.endpoint}/{repo_id}"
-    print(f"Publishing {len(operations)} files from {folder} to {where} "
-          f"({'public' if public else 'private'} if the repository is new):")
+    print(
+        f"Publishing {len(operations)} files from {folder} to {where} "
+        f"({'public' if public else 'private'} if the repository is new):"
+    )
     for op in operations:
         print(f"  {op.path_in_repo} ({op.upload_info.size} bytes)")
     message = commit_message or f"Upload SADCL export ({_export_section(config).get('variant') or 'sadcl'})"
@@ -540,17 +596,19 @@ def push_to_hub(
         with _budget_scope(_Budget(None)):
             api.create_repo(repo_id, private=not public, exist_ok=True, repo_type="model")
             if not public and not api.repo_info(repo_id, repo_type="model").private:
-                raise PublishError(f"Hub repository {repo_id} on {api.endpoint} is public: pass public=True "
-                                   "to publish into it, or choose another repository")
-            info = api.create_commit(repo_id, operations, commit_message=message, revision=revision,
-                                     repo_type="model")
+                raise PublishError(
+                    f"Hub repository {repo_id} on {api.endpoint} is public: pass public=True "
+                    "to publish into it, or choose another repository"
+                )
+            info = api.create_commit(repo_id, operations, commit_message=message, revision=revision, repo_type="model")
     except PublishError:
         raise
     except Exception as e:  # every Hub failure becomes one line; the original stays as __cause__
         raise PublishError(_publish_error_message(folder, repo_id, api.endpoint, e)) from e
 
-    record = dict(hf_hub_id=repo_id, filename=WEIGHTS_NAME, revision=info.oid, sha256=weights["sha256"],
-                  size=weights["size"])
+    record = dict(
+        hf_hub_id=repo_id, filename=WEIGHTS_NAME, revision=info.oid, sha256=weights["sha256"], size=weights["size"]
+    )
     WeightsRecord(**record)  # validates: a pinned 40-hex commit, a sha256, a size
     name = _export_section(config).get("variant") or repo_id.split("/")[-1]
     print(f"Pushed {folder} to {where} at commit {info.oid}. Record for weights.json:")

@@ -4,6 +4,7 @@ Loading is strict: a missing, unexpected or mis-shaped key is an error. The one 
 head change the caller asked for (another label set): then everything else loads strictly and only the
 label-specific parameters (label queries, group-wise classifier, prototypes) keep a fresh initialisation.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,14 @@ from ..data.preprocessing import from_pretrained_cfg
 from ..model import LABEL_SPECIFIC_KEYS, SADCL
 from .header import WeightsHeader
 
-__all__ = ["HeadChangeWarning", "LoadError", "checkpoint_metadata", "export_state_dict", "header_for",
-           "load_pretrained"]
+__all__ = [
+    "HeadChangeWarning",
+    "LoadError",
+    "checkpoint_metadata",
+    "export_state_dict",
+    "header_for",
+    "load_pretrained",
+]
 
 
 class HeadChangeWarning(UserWarning):
@@ -37,8 +44,10 @@ def header_for(model: SADCL, *, training: Mapping[str, Any] | None = None) -> We
     """The self-describing header of ``model``'s weights: config, labels, preprocessing, descent, version."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return WeightsHeader(
-        config=dict(model.config), preprocessing=from_pretrained_cfg(cfg, model.config["img_size"]),
-        variant=cfg.get("variant"), source=_public_source(cfg.get("source")),
+        config=dict(model.config),
+        preprocessing=from_pretrained_cfg(cfg, model.config["img_size"]),
+        variant=cfg.get("variant"),
+        source=_public_source(cfg.get("source")),
         training=dict(training) if training is not None else None,
     )
 
@@ -63,14 +72,17 @@ def export_state_dict(model: SADCL) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def _key_problems(model_keys: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor],
-                  skip: set[str]) -> tuple[list[str], list[str], list[str]]:
+def _key_problems(
+    model_keys: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], skip: set[str]
+) -> tuple[list[str], list[str], list[str]]:
     required = set(model_keys) - skip
     missing = sorted(required - set(state_dict))
     unexpected = sorted(set(state_dict) - set(model_keys))
-    mismatched = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(model_keys[k])}"
-                        for k, v in state_dict.items() if k in model_keys and k not in skip
-                        and tuple(v.shape) != tuple(model_keys[k]))
+    mismatched = sorted(
+        f"{k}: file {tuple(v.shape)} vs model {tuple(model_keys[k])}"
+        for k, v in state_dict.items()
+        if k in model_keys and k not in skip and tuple(v.shape) != tuple(model_keys[k])
+    )
     return missing, unexpected, mismatched
 
 
@@ -94,13 +106,22 @@ def load_pretrained(
     skip = set(LABEL_SPECIFIC_KEYS) if head_change else set()
     missing, unexpected, mismatched = _key_problems(expected, state, skip)
     if missing or unexpected or mismatched:
-        counts = ", ".join(f"{len(keys)} {title}" for title, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)) if keys)
+        counts = ", ".join(
+            f"{len(keys)} {title}"
+            for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+            if keys
+        )
         first = (missing + unexpected + mismatched)[0]
         what = f" (the file records {recorded})" if recorded else ""
-        details = "\n".join(f"{title}: {', '.join(keys)}" for title, keys in
-                            (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)) if keys)
+        details = "\n".join(
+            f"{title}: {', '.join(keys)}"
+            for title, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if keys
+        )
         raise LoadError(
             f"{source} does not fit a SADCL model with backbone {model.config['backbone']!r}, hidden_dim "
             f"{model.config['hidden_dim']}{what}: {counts} key(s), e.g. {first}. Load the file without naming a "
@@ -124,6 +145,7 @@ def load_pretrained(
         warnings.warn(
             f"{source}: label set differs from the file's ({file_classes} labels → {model.num_classes}); "
             f"loaded everything else strictly and re-initialised {', '.join(reinit) or 'the label parameters'}.",
-            HeadChangeWarning, stacklevel=3,
+            HeadChangeWarning,
+            stacklevel=3,
         )
     return reinit

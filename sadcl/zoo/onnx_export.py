@@ -1,4 +1,5 @@
 """ONNX export of a SADCL model's logits, with its labels and preprocessing in the ONNX metadata."""
+
 from __future__ import annotations
 
 import inspect
@@ -64,8 +65,14 @@ def export_onnx(
             # The legacy exporter is chosen on purpose (above): its deprecation notices are not for our users.
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                model, (dummy,), str(tmp), input_names=["images"], output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, **kwargs,
+                model,
+                (dummy,),
+                str(tmp),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                **kwargs,
             )
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -81,10 +88,15 @@ def export_onnx(
         label_axis.dim_value = model.num_classes
         header = header_for(model)
         pre = header.preprocessing
-        meta = {"label_names": json.dumps(model.label_names), "sadcl_config": json.dumps(model.config),
-                "mean": json.dumps(list(pre.mean)), "std": json.dumps(list(pre.std)),
-                "input_size": json.dumps([3, size, size]), "sadcl_version": __version__,
-                HEADER_KEY: canonical_json(header.to_json())}
+        meta = {
+            "label_names": json.dumps(model.label_names),
+            "sadcl_config": json.dumps(model.config),
+            "mean": json.dumps(list(pre.mean)),
+            "std": json.dumps(list(pre.std)),
+            "input_size": json.dumps([3, size, size]),
+            "sadcl_version": __version__,
+            HEADER_KEY: canonical_json(header.to_json()),
+        }
         onnx.helper.set_model_props(proto, meta)
         onnx.checker.check_model(proto)
         data = proto.SerializeToString()

@@ -3,13 +3,14 @@
 This module only describes variants; :mod:`sadcl.zoo.factory` builds them (and registers them with timm),
 so nothing here imports the factory, the export code or the Hub.
 """
+
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import os
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -17,8 +18,16 @@ from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from . import weights as _weights
 
 _POSTER = "Ma et al., ECAI 2023, poster tables (shared/paper); not re-run here"
-_PAPER_ARCH = dict(backbone="resnet101.tv_in1k", hidden_dim=2048, ffn_dim=8192, num_heads=4,
-                   num_encoder_layers=1, num_decoder_layers=2, dropout=0.1, proj_dim=1024)
+_PAPER_ARCH = dict(
+    backbone="resnet101.tv_in1k",
+    hidden_dim=2048,
+    ffn_dim=8192,
+    num_heads=4,
+    num_encoder_layers=1,
+    num_decoder_layers=2,
+    dropout=0.1,
+    proj_dim=1024,
+)
 PAPER = "Semantic-Aware Dual Contrastive Learning for Multi-label Image Classification (Ma et al., ECAI 2023)"
 PAPER_IDS = "arXiv:2307.09715"
 
@@ -52,62 +61,136 @@ class VariantCfg:
 
 VARIANTS: dict[str, VariantCfg] = {
     "sadcl_coco_448": VariantCfg(
-        dataset="MS-COCO 2014", labels="coco80", img_size=448, num_params=200_259_856,
+        dataset="MS-COCO 2014",
+        labels="coco80",
+        img_size=448,
+        num_params=200_259_856,
         description="ResNet-101, trained and evaluated at 448 px on COCO-2014 (80 labels, category-id order).",
-        metrics={"mAP": 85.6, "CP": 84.6, "CR": 76.0, "CF1": 79.8, "OP": 86.0, "OR": 78.5, "OF1": 82.1,
-                 "CP_top3": 88.9, "CR_top3": 66.6, "CF1_top3": 74.9, "OP_top3": 91.0, "OR_top3": 68.3,
-                 "OF1_top3": 78.0},
+        metrics={
+            "mAP": 85.6,
+            "CP": 84.6,
+            "CR": 76.0,
+            "CF1": 79.8,
+            "OP": 86.0,
+            "OR": 78.5,
+            "OF1": 82.1,
+            "CP_top3": 88.9,
+            "CR_top3": 66.6,
+            "CF1_top3": 74.9,
+            "OP_top3": 91.0,
+            "OR_top3": 68.3,
+            "OF1_top3": 78.0,
+        },
         metrics_source=_POSTER + ", MS-COCO table, (448, 448)",
     ),
     "sadcl_coco_576": VariantCfg(
-        dataset="MS-COCO 2014", labels="coco80", img_size=576, train_size=448, num_params=200_259_856,
+        dataset="MS-COCO 2014",
+        labels="coco80",
+        img_size=576,
+        train_size=448,
+        num_params=200_259_856,
         description="The COCO model trained at 448 px and evaluated at 576 px (same weights as sadcl_coco_448).",
         metrics={"mAP": 86.8, "CF1": 81.1, "OF1": 83.2},
         metrics_source="authors' README results image (image/coco.png), (448, 576); not re-run here",
     ),
     "sadcl_voc2007_448": VariantCfg(
-        dataset="PASCAL VOC 2007", labels="voc20", img_size=448, num_params=199_891_156,
+        dataset="PASCAL VOC 2007",
+        labels="voc20",
+        img_size=448,
+        num_params=199_891_156,
         description="ResNet-101 at 448 px on VOC 2007 trainval (20 labels), initialised from COCO.",
-        metrics={"mAP": 96.4}, metrics_source=_POSTER + ", VOC 2007 table",
+        metrics={"mAP": 96.4},
+        metrics_source=_POSTER + ", VOC 2007 table",
     ),
     "sadcl_voc2012_448": VariantCfg(
-        dataset="PASCAL VOC 2012", labels="voc20", img_size=448, num_params=199_891_156,
+        dataset="PASCAL VOC 2012",
+        labels="voc20",
+        img_size=448,
+        num_params=199_891_156,
         description="ResNet-101 at 448 px on VOC 2012 trainval (20 labels); the authors validate on VOC 2007 test.",
-        metrics=None, metrics_source="reported in arXiv 2307.09715, not recovered here",
+        metrics=None,
+        metrics_source="reported in arXiv 2307.09715, not recovered here",
     ),
     "sadcl_nuswide_448": VariantCfg(
-        dataset="NUS-WIDE", labels="nuswide81", img_size=448, num_params=200_266_001,
+        dataset="NUS-WIDE",
+        labels="nuswide81",
+        img_size=448,
+        num_params=200_266_001,
         description="ResNet-101 at 448 px on NUS-WIDE (81 concepts, alphabetical order).",
         metrics={"mAP": 65.9, "CF1": 63.0, "OF1": 75.0, "CF1_top3": 57.8, "OF1_top3": 70.6},
         metrics_source=_POSTER + ", NUS-WIDE table (split not stated)",
     ),
     "sadcl_vg500_576": VariantCfg(
-        dataset="Visual Genome 500", labels="vg500", img_size=576, num_params=202_840_756,
+        dataset="Visual Genome 500",
+        labels="vg500",
+        img_size=576,
+        num_params=202_840_756,
         description="ResNet-101 at 576 px on VG-500 (500 labels by index: the names were never published).",
-        metrics=None, metrics_source="reported in arXiv 2307.09715, not recovered here",
+        metrics=None,
+        metrics_source="reported in arXiv 2307.09715, not recovered here",
     ),
     "sadcl_fashion_mosaic": VariantCfg(
-        dataset="Fashion-MNIST 2x2 mosaics", labels="fashion10", img_size=56, num_params=5_414_466,
-        description=("The default model: a ResNet-10-T SADCL trained from scratch by sadcl on multi-label "
-                     "Fashion-MNIST mosaics (56x56, 10 labels); its checkpoint ships inside the package."),
-        arch=dict(backbone="resnet10t", hidden_dim=128, ffn_dim=256, num_heads=4, num_encoder_layers=1,
-                  num_decoder_layers=2, dropout=0.1, proj_dim=64, freeze_bn=False, freeze_stem=False),
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        metrics={"mAP": 95.91, "mAP_sklearn": 95.9, "CP": 92.22, "CR": 90.1, "CF1": 91.11, "OP": 92.31, "OR": 90.03,
-                 "OF1": 91.16, "CF1_top3": 90.51, "OF1_top3": 90.62},
-        metrics_source=("measured by sadcl on 10,000 test mosaics (Fashion-MNIST test split, seed 2) with the packaged "
-                        "float16 weights: benchmarks/results/fashion_model.json, from "
-                        "`python benchmarks/package_fashion_model.py runs/fashion/step2`"),
+        dataset="Fashion-MNIST 2x2 mosaics",
+        labels="fashion10",
+        img_size=56,
+        num_params=5_414_466,
+        description=(
+            "The default model: a ResNet-10-T SADCL trained from scratch by sadcl on multi-label "
+            "Fashion-MNIST mosaics (56x56, 10 labels); its checkpoint ships inside the package."
+        ),
+        arch=dict(
+            backbone="resnet10t",
+            hidden_dim=128,
+            ffn_dim=256,
+            num_heads=4,
+            num_encoder_layers=1,
+            num_decoder_layers=2,
+            dropout=0.1,
+            proj_dim=64,
+            freeze_bn=False,
+            freeze_stem=False,
+        ),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        metrics={
+            "mAP": 95.91,
+            "mAP_sklearn": 95.9,
+            "CP": 92.22,
+            "CR": 90.1,
+            "CF1": 91.11,
+            "OP": 92.31,
+            "OR": 90.03,
+            "OF1": 91.16,
+            "CF1_top3": 90.51,
+            "OF1_top3": 90.62,
+        },
+        metrics_source=(
+            "measured by sadcl on 10,000 test mosaics (Fashion-MNIST test split, seed 2) with the packaged "
+            "float16 weights: benchmarks/results/fashion_model.json, from "
+            "`python benchmarks/package_fashion_model.py runs/fashion/step2`"
+        ),
     ),
     "sadcl_tiny": VariantCfg(
-        dataset="none (tests and demos)", labels="voc20", img_size=64, num_params=487_460,
+        dataset="none (tests and demos)",
+        labels="voc20",
+        img_size=64,
+        num_params=487_460,
         description="A tiny network (timm test_resnet, width 64) with the VOC-20 label set, for tests and demos.",
-        arch=dict(backbone="test_resnet", hidden_dim=64, ffn_dim=128, num_heads=4, num_encoder_layers=1,
-                  num_decoder_layers=2, dropout=0.1, proj_dim=32),
+        arch=dict(
+            backbone="test_resnet",
+            hidden_dim=64,
+            ffn_dim=128,
+            num_heads=4,
+            num_encoder_layers=1,
+            num_decoder_layers=2,
+            dropout=0.1,
+            proj_dim=32,
+        ),
     ),
 }
 
-@lru_cache(maxsize=None)
+
+@cache
 def read_labels(name: str) -> tuple[str, ...]:
     """Label names of a packaged label set (``coco80``, ``voc20``, ``nuswide81``, ``vg500``, ``fashion10``)."""
     text = resources.files(__package__).joinpath("labels", f"{name}.txt").read_text(encoding="utf-8")
@@ -132,13 +215,25 @@ def variant_pretrained_cfg(name: str, record: _weights.WeightsRecord | None) -> 
     cfg = VARIANTS[name]
     labels = list(read_labels(cfg.labels))
     return dict(
-        architecture=name, variant=name, source=name if record is not None else None,
-        dataset=cfg.dataset, description=cfg.description,
-        **cfg.preprocessing.to_cfg(), fixed_input_size=False, train_size=cfg.train_size or cfg.img_size,
-        label_names=labels, num_classes=len(labels), classifier="fc",
-        metrics=cfg.metrics, metrics_source=cfg.metrics_source, num_params=cfg.num_params,
-        arch=dict(cfg.arch), weights=None if record is None else asdict(record), has_weights=record is not None,
-        paper=PAPER, paper_ids=PAPER_IDS,
+        architecture=name,
+        variant=name,
+        source=name if record is not None else None,
+        dataset=cfg.dataset,
+        description=cfg.description,
+        **cfg.preprocessing.to_cfg(),
+        fixed_input_size=False,
+        train_size=cfg.train_size or cfg.img_size,
+        label_names=labels,
+        num_classes=len(labels),
+        classifier="fc",
+        metrics=cfg.metrics,
+        metrics_source=cfg.metrics_source,
+        num_params=cfg.num_params,
+        arch=dict(cfg.arch),
+        weights=None if record is None else asdict(record),
+        has_weights=record is not None,
+        paper=PAPER,
+        paper_ids=PAPER_IDS,
     )
 
 
@@ -164,7 +259,10 @@ def check_name(name: str) -> None:
 def variant_of(config: dict[str, Any]) -> str | None:
     """The variant whose architecture, resolution and label set ``config`` (a constructor config) has exactly."""
     for name, v in VARIANTS.items():
-        if all(config.get(k) == value for k, value in v.arch.items()) and config.get("img_size") == v.img_size \
-                and list(config.get("label_names") or []) == list(read_labels(v.labels)):
+        if (
+            all(config.get(k) == value for k, value in v.arch.items())
+            and config.get("img_size") == v.img_size
+            and list(config.get("label_names") or []) == list(read_labels(v.labels))
+        ):
             return name
     return None

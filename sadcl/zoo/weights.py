@@ -12,6 +12,7 @@ kept in the Hub cache.
 
 Checkpoints are always safetensors: nothing here unpickles.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._atomic import atomic_write, atomic_write_text
+from .._atomic import atomic_write_text
 from .._files import open_regular
 
 if TYPE_CHECKING:  # torch is only needed by the safetensors helpers; keep `import` of this module light
@@ -149,8 +150,14 @@ class WeightsRecord:
         return f"https://huggingface.co/{self.hf_hub_id}/blob/{self.revision or 'main'}/{self.filename}"
 
 
-_RECORD_FIELDS = {"hf_hub_id": str, "filename": str, "revision": (str, type(None)), "sha256": str,
-                  "size": int, "file": (str, type(None))}
+_RECORD_FIELDS = {
+    "hf_hub_id": str,
+    "filename": str,
+    "revision": (str, type(None)),
+    "sha256": str,
+    "size": int,
+    "file": (str, type(None)),
+}
 _REQUIRED_FIELDS = ("hf_hub_id", "filename", "revision", "sha256", "size")
 
 
@@ -169,9 +176,7 @@ def _record_from_json(variant: str, entry: Any, source: Path) -> WeightsRecord |
     for name, value in entry.items():
         expected = _RECORD_FIELDS[name]
         if not isinstance(value, expected) or (name == "size" and isinstance(value, bool)):
-            raise WeightsTableError(
-                f"{where}: field {name!r} has the wrong type ({type(value).__name__}: {value!r})"
-            )
+            raise WeightsTableError(f"{where}: field {name!r} has the wrong type ({type(value).__name__}: {value!r})")
     try:
         return WeightsRecord(**entry)
     except (TypeError, ValueError) as e:
@@ -193,12 +198,12 @@ def load_weights_table(path: str | os.PathLike[str] | None = None) -> dict[str, 
     if not isinstance(data, dict) or data.get("schema") != _SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise WeightsTableError(
-            f"weights table {source} must be an object with \"schema\": {_SCHEMA}, found schema {found!r}; "
+            f'weights table {source} must be an object with "schema": {_SCHEMA}, found schema {found!r}; '
             "upgrade sadcl if the file was written by a newer version"
         )
     weights = data.get("weights")
     if not isinstance(weights, dict):
-        raise WeightsTableError(f"weights table {source} needs an object \"weights\" mapping variant names to records")
+        raise WeightsTableError(f'weights table {source} needs an object "weights" mapping variant names to records')
     extra = sorted(set(data) - {"schema", "weights"})
     if extra:
         raise WeightsTableError(f"weights table {source} has unknown top-level key(s) {extra}")
@@ -339,8 +344,12 @@ def download_checkpoint(
             f"(no pinned revision in {record.hf_hub_id!r}). Pass checkpoint_path=<file> to load a local copy."
         )
     path = hub_download(
-        record.hf_hub_id, record.filename, revision=record.revision, cache_dir=cache_dir,
-        what=f"the checkpoint of {variant!r}", instead="pass checkpoint_path=<file>",
+        record.hf_hub_id,
+        record.filename,
+        revision=record.revision,
+        cache_dir=cache_dir,
+        what=f"the checkpoint of {variant!r}",
+        instead="pass checkpoint_path=<file>",
         if_missing="The weights.json entry is out of date: upgrade sadcl or report it.",
     )
 
@@ -427,8 +436,11 @@ def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
         )
     declared = int.from_bytes(head, "little")
     if declared > min(size - 8, _SAFETENSORS_MAX_HEADER):
-        why = (f"more than the {size - 8} bytes that follow it" if declared > size - 8
-               else f"more than the {_SAFETENSORS_MAX_HEADER}-byte limit")
+        why = (
+            f"more than the {size - 8} bytes that follow it"
+            if declared > size - 8
+            else f"more than the {_SAFETENSORS_MAX_HEADER}-byte limit"
+        )
         raise CheckpointFileError(
             f"{path} is not a valid safetensors file: its header length says {declared} bytes, {why}; it may be "
             "truncated or of another format. Download or export it again."
