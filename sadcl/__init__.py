@@ -4,14 +4,43 @@
 >>> model = sadcl.create_model("sadcl_fashion_mosaic", pretrained=True)
 >>> sadcl.predict(model, "photo.png", top_k=3)
 """
+
+from __future__ import annotations
+
 __version__ = "0.1.0"
 
-from .model import SADCL
-from .zoo import create_model, list_models, list_pretrained
-from .data.preprocessing import create_transform
-from .inference import attention_maps, predict
-from .train.memory import MemoryBank
-from .zoo.convert import load_official_checkpoint
+# The public names load on first use (PEP 562): `import sadcl` (and with it `sadcl --version`, `sadcl list`) does
+# not import torch and timm; `from sadcl import create_model` works as before.
+from ._lazy import lazy_attributes
+from ._timm_registration import register_when_timm_loads
 
-__all__ = ["SADCL", "MemoryBank", "__version__", "attention_maps", "create_model", "create_transform", "list_models", "list_pretrained",
-           "load_official_checkpoint", "predict"]
+# name: the module that owns it
+_LAZY = {
+    "SADCL": ".model",
+    "create_model": ".zoo.factory",
+    "list_models": ".zoo.variants",
+    "list_pretrained": ".zoo.variants",
+    "create_transform": ".data.preprocessing",
+    "attention_maps": ".inference",
+    "predict": ".inference",
+    "MemoryBank": ".train.memory",
+    "load_official_checkpoint": ".zoo.convert",
+}
+
+__all__ = [
+    "SADCL",
+    "MemoryBank",
+    "__version__",
+    "attention_maps",
+    "create_model",
+    "create_transform",
+    "list_models",
+    "list_pretrained",
+    "load_official_checkpoint",
+    "predict",
+]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
+
+# timm.create_model("sadcl_…") works after `import sadcl`: registered now if timm is loaded, else once it is.
+register_when_timm_loads()

@@ -1,43 +1,77 @@
 """Data: robust image loading, multi-label datasets, the recipe's transforms, Fashion-MNIST mosaics."""
-from .datasets import (
-    VOC_CLASSES,
-    CocoDataset,
-    CSVDataset,
-    FolderDataset,
-    MultiLabelDataset,
-    VOCDataset,
-    encode_labels,
-    make_label_names,
-    read_label_names,
-    write_label_names,
-)
-from .images import ImageLoadError, check_image, load_image, to_rgb
-from .mosaic import (
-    DEFAULT_FASHION_ROOT,
-    FASHION_LABELS,
-    MosaicDataset,
-    load_fashion_mnist,
-    make_mosaics,
-    mosaic_to_pil,
-    write_mosaics,
-)
-from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RANDAUGMENT_OPS,
-    CutoutPIL,
-    MultiScaleCrop,
-    RandAugment,
-    eval_transform,
-    train_transform,
-)
+
+from __future__ import annotations
+
+from .._lazy import lazy_attributes
+
+# Loaded on first use: image loading and the datasets import torch; `sadcl.data.preprocessing` (which the variant
+# table needs) stays light.
+_OWNERS = {
+    ".datasets": (
+        "VOC_CLASSES",
+        "CocoDataset",
+        "CSVDataset",
+        "FolderDataset",
+        "MultiLabelDataset",
+        "VOCDataset",
+        "encode_labels",
+        "make_label_names",
+        "read_label_names",
+        "write_label_names",
+    ),
+    ".images": ("ImageLoadError", "check_image", "load_image", "to_rgb"),
+    ".mosaic": (
+        "DEFAULT_FASHION_ROOT",
+        "FASHION_LABELS",
+        "MosaicDataset",
+        "load_fashion_mnist",
+        "make_mosaics",
+        "mosaic_to_pil",
+        "write_mosaics",
+    ),
+    ".transforms": (
+        "IMAGENET_MEAN",
+        "IMAGENET_STD",
+        "RANDAUGMENT_OPS",
+        "CutoutPIL",
+        "MultiScaleCrop",
+        "RandAugment",
+        "eval_transform",
+        "train_transform",
+    ),
+}
+_LAZY = {name: module for module, names in _OWNERS.items() for name in names}
 
 __all__ = [
-    "ImageLoadError", "load_image", "to_rgb", "check_image",
-    "MultiLabelDataset", "CSVDataset", "CocoDataset", "VOCDataset", "FolderDataset", "VOC_CLASSES",
-    "read_label_names", "write_label_names", "make_label_names", "encode_labels",
-    "IMAGENET_MEAN", "IMAGENET_STD", "RANDAUGMENT_OPS", "MultiScaleCrop", "CutoutPIL", "RandAugment",
-    "eval_transform", "train_transform",
-    "FASHION_LABELS", "DEFAULT_FASHION_ROOT", "load_fashion_mnist", "make_mosaics", "mosaic_to_pil",
-    "MosaicDataset", "write_mosaics",
+    "ImageLoadError",
+    "load_image",
+    "to_rgb",
+    "check_image",
+    "MultiLabelDataset",
+    "CSVDataset",
+    "CocoDataset",
+    "VOCDataset",
+    "FolderDataset",
+    "VOC_CLASSES",
+    "read_label_names",
+    "write_label_names",
+    "make_label_names",
+    "encode_labels",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RANDAUGMENT_OPS",
+    "MultiScaleCrop",
+    "CutoutPIL",
+    "RandAugment",
+    "eval_transform",
+    "train_transform",
+    "FASHION_LABELS",
+    "DEFAULT_FASHION_ROOT",
+    "load_fashion_mnist",
+    "make_mosaics",
+    "mosaic_to_pil",
+    "MosaicDataset",
+    "write_mosaics",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
