@@ -7,7 +7,8 @@ read the variant table should not pay for torch and timm.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable
 
 
 def lazy_attributes(

@@ -19,8 +19,9 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 FACTORY = "sadcl.zoo.factory"
 # Loaders made for one module each (their instances can be wrapped without touching other modules).

@@ -1,4 +1,5 @@
 """The ``sadcl`` command: one thin sub-command per verb, each calling the library."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,9 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from ._text import details_of, one_line, printable
 
@@ -27,14 +29,19 @@ def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser],
 
 
 # -- list / info ------------------------------------------------------------------------------------------
-@command("list", "list the variants and which have published weights",
-         lambda p: p.add_argument("--json", action="store_true", help="machine-readable output"))
+@command(
+    "list",
+    "list the variants and which have published weights",
+    lambda p: p.add_argument("--json", action="store_true", help="machine-readable output"),
+)
 def cmd_list(args: argparse.Namespace) -> int:
     from .zoo import VARIANTS, list_models, list_pretrained
 
     pretrained = set(list_pretrained())
-    rows = [dict(name=n, dataset=VARIANTS[n].dataset, img_size=VARIANTS[n].img_size, weights=n in pretrained)
-            for n in list_models()]
+    rows = [
+        dict(name=n, dataset=VARIANTS[n].dataset, img_size=VARIANTS[n].img_size, weights=n in pretrained)
+        for n in list_models()
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -79,41 +86,58 @@ def _positive_int(text: str) -> int:
 
 def _model_source_args(p: argparse.ArgumentParser) -> None:
     """--model / --checkpoint, with one meaning in every command (sadcl.zoo.factory.model_from_args)."""
-    p.add_argument("--model", metavar="SOURCE",
-                   help="variant name (published weights), .safetensors file, export folder, local-dir:PATH or "
-                        "hf-hub:ORG/NAME[@REV] (default: the file given with --checkpoint, else sadcl_fashion_mosaic)")
-    p.add_argument("--checkpoint", metavar="FILE",
-                   help="a .safetensors file written by sadcl: it records its architecture, labels and preprocessing")
+    p.add_argument(
+        "--model",
+        metavar="SOURCE",
+        help="variant name (published weights), .safetensors file, export folder, local-dir:PATH or "
+        "hf-hub:ORG/NAME[@REV] (default: the file given with --checkpoint, else sadcl_fashion_mosaic)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a .safetensors file written by sadcl: it records its architecture, labels and preprocessing",
+    )
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument(
+        "images", nargs="+", help="image files, folders or http(s):// URLs (fetched with a deadline and a 50 MiB limit)"
+    )
     _model_source_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=_probability, help="keep labels scoring above this probability")
     g.add_argument("--top-k", type=_positive_int, help="keep the k best labels per image")
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cpu)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object {image: {label: score}} (a skipped image: null; a NaN score: null)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="go on past unreadable images, name each on stderr and exit 1 (default: stop at the first)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object {image: {label: score}} (a skipped image: null; a NaN score: null)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="go on past unreadable images, name each on stderr and exit 1 (default: stop at the first)",
+    )
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def _expand_images(items: Sequence[str]) -> list[str]:
-    """Files as given (the image loader refuses special files among them); a folder becomes its image files,
-    regular files only (a FIFO or socket named ``x.png`` would block the reader, a looping link fails)."""
+    """Files and URLs as given (the image loader refuses special files among them, the fetcher any scheme but
+    http(s)); a folder becomes its image files, regular files only (a FIFO or socket named ``x.png`` would block
+    the reader, a looping link fails)."""
     from ._files import not_regular_reason
+    from .data.remote import is_url
 
     out: list[str] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
-            files = sorted(str(f) for f in path.iterdir()
-                           if f.suffix.lower() in IMAGE_SUFFIXES and not_regular_reason(f) is None)
+        if not is_url(item) and path.is_dir():
+            files = sorted(
+                str(f) for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not_regular_reason(f) is None
+            )
             if not files:
                 raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {item}")
             out.extend(files)
@@ -125,30 +149,41 @@ def _expand_images(items: Sequence[str]) -> list[str]:
 @command("predict", "per-label scores for images", _predict_args)
 def cmd_predict(args: argparse.Namespace) -> int:
     from . import predict
-    from .zoo.factory import model_from_args
     from .inference import ImageSkippedWarning, NonFiniteScoreWarning
+    from .zoo.factory import model_from_args
 
     images = _expand_images(args.images)
     model = model_from_args(args.model, args.checkpoint)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageSkippedWarning)
         warnings.simplefilter("always", NonFiniteScoreWarning)
-        results = predict(model, images, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                          device=args.device, progress=len(images) > args.batch_size and not args.json,
-                          skip_bad=args.skip_bad)
+        results = predict(
+            model,
+            images,
+            threshold=args.threshold,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=len(images) > args.batch_size and not args.json,
+            skip_bad=args.skip_bad,
+        )
     reported = [w for w in caught if issubclass(w.category, (ImageSkippedWarning, NonFiniteScoreWarning))]
     for w in caught:  # any other warning is shown as Python would have shown it
         if w not in reported:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if args.json:  # exact names (JSON escapes them); NaN, which JSON lacks, becomes null
-        out = {img: None if res is None else {n: s if math.isfinite(s) else None for n, s in res.items()}
-               for img, res in zip(images, results)}
+        out = {
+            img: None if res is None else {n: s if math.isfinite(s) else None for n, s in res.items()}
+            for img, res in zip(images, results)
+        }
         print(json.dumps(out, indent=2, allow_nan=False))
     else:  # names from files are escaped: they reach a terminal
         for img, res in zip(images, results):
             if res is not None:
-                labels = (", ".join(f"{printable(name)} {score:.3f}" for name, score in res.items())
-                          or "(no label above threshold)")
+                labels = (
+                    ", ".join(f"{printable(name)} {score:.3f}" for name, score in res.items())
+                    or "(no label above threshold)"
+                )
                 print(f"{printable(img)}: {labels}")
     for w in reported:  # one line each: skipped files, NaN scores
         kind = "" if issubclass(w.category, ImageSkippedWarning) else "warning: "
@@ -162,21 +197,32 @@ _DATA_FORMATS = ("csv", "coco", "voc", "folder")  # sadcl.train.data.DATA_FORMAT
 
 def _data_args(p: argparse.ArgumentParser, default: Callable[[object], object], training: bool) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=default(None), metavar="PATH",
-                   help="CSV file | COCO instances JSON | VOC root | labels file (see --data-format)")
-    g.add_argument("--images", default=default(None), metavar="DIR",
-                   help="image folder (coco, folder); root of relative paths (csv; default: the CSV's folder)")
+    g.add_argument(
+        "--data",
+        default=default(None),
+        metavar="PATH",
+        help="CSV file | COCO instances JSON | VOC root | labels file (see --data-format)",
+    )
+    g.add_argument(
+        "--images",
+        default=default(None),
+        metavar="DIR",
+        help="image folder (coco, folder); root of relative paths (csv; default: the CSV's folder)",
+    )
     if training:
         g.add_argument("--val-data", default=default(None), metavar="PATH", help="validation data, same format")
         g.add_argument("--val-images", default=default(None), metavar="DIR")
         g.add_argument("--val-split", default=default(None), help="VOC split of the validation data (default: test)")
     g.add_argument("--data-format", choices=_DATA_FORMATS, default=default("csv"), help="(default: csv)")
-    g.add_argument("--split", default=default(None),
-                   help=f"VOC split (default: {'trainval' if training else 'test'})")
+    g.add_argument("--split", default=default(None), help=f"VOC split (default: {'trainval' if training else 'test'})")
     g.add_argument("--voc-year", default=default("2007"), help="VOC year (default: 2007)")
     if training:  # evaluation data always takes the model's label order
-        g.add_argument("--label-names", default=default(None), metavar="FILE",
-                       help="label-name file fixing the label order (csv, folder)")
+        g.add_argument(
+            "--label-names",
+            default=default(None),
+            metavar="FILE",
+            help="label-name file fixing the label order (csv, folder)",
+        )
     g.add_argument("--skip-bad", action="store_true", default=default(False), help="drop unreadable images")
 
 
@@ -189,21 +235,40 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", default=S, help="variant to start from (default: sadcl_coco_448; see `sadcl list`)")
     m.add_argument("--pretrained", action="store_true", default=S, help="start from the variant's published weights")
     m.add_argument("--checkpoint", default=S, metavar="FILE", help="start from a .safetensors checkpoint")
-    m.add_argument("--pretrained-backbone", action="store_true", default=S,
-                   help="start from an ImageNet backbone only (downloads it through timm)")
-    m.add_argument("--model-arg", dest="model_args", action="append", default=S, metavar="KEY=VALUE",
-                   help="SADCL constructor override, repeatable (e.g. dropout=0)")
+    m.add_argument(
+        "--pretrained-backbone",
+        action="store_true",
+        default=S,
+        help="start from an ImageNet backbone only (downloads it through timm)",
+    )
+    m.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="SADCL constructor override, repeatable (e.g. dropout=0)",
+    )
     m.add_argument("--img-size", type=int, default=S, help="training resolution (default: the variant's)")
     o = p.add_argument_group("objective")
-    o.add_argument("--objective", choices=("sadcl", "asl"), default=S,
-                   help="sadcl: ASL + SSCL + PSCL (default); asl: the Query2Label baseline")
-    o.add_argument("--loss-weights", type=float, nargs=3, default=S, metavar=("ASL", "SSCL", "PSCL"),
-                   help="(default: 1 100 50)")
+    o.add_argument(
+        "--objective",
+        choices=("sadcl", "asl"),
+        default=S,
+        help="sadcl: ASL + SSCL + PSCL (default); asl: the Query2Label baseline",
+    )
+    o.add_argument(
+        "--loss-weights", type=float, nargs=3, default=S, metavar=("ASL", "SSCL", "PSCL"), help="(default: 1 100 50)"
+    )
     o.add_argument("--gamma-neg", type=float, default=S, help="ASL negative focusing (default: 4)")
     o.add_argument("--sample-temperature", type=float, default=S, help="SSCL temperature (default: 0.2)")
     o.add_argument("--prototype-temperature", type=float, default=S, help="PSCL temperature (default: 0.07)")
-    o.add_argument("--official-sample-loss", action="store_true", default=S,
-                   help="the authors' SSCL with its label-mask and shift quirks")
+    o.add_argument(
+        "--official-sample-loss",
+        action="store_true",
+        default=S,
+        help="the authors' SSCL with its label-mask and shift quirks",
+    )
     o.add_argument("--memory-threshold", type=float, default=S, help="memory-bank update probability (default: 0.8)")
     o.add_argument("--prototype-threshold", type=float, default=S, help="prototype init probability (default: 0.85)")
     o.add_argument("--prototype-batches", type=int, default=S, help="batches per process for the prototype init")
@@ -217,10 +282,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--clip-grad", type=float, default=S, help="max gradient norm (default: none)")
     t.add_argument("--amp", choices=("bf16", "fp16", "none"), default=S, help="CUDA autocast (default: bf16)")
     t.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S)
-    t.add_argument("--compile", action="store_true", default=S,
-                   help="torch.compile the training forward (minutes to compile, then faster steps)")
-    t.add_argument("--augment", choices=("sadcl", "baseline", "none"), default=S,
-                   help="sadcl: multi-scale crop + flip; baseline: cutout + RandAugment (default: by objective)")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        default=S,
+        help="torch.compile the training forward (minutes to compile, then faster steps)",
+    )
+    t.add_argument(
+        "--augment",
+        choices=("sadcl", "baseline", "none"),
+        default=S,
+        help="sadcl: multi-scale crop + flip; baseline: cutout + RandAugment (default: by objective)",
+    )
     t.add_argument("--no-flip", dest="flip", action="store_false", default=S)
     t.add_argument("--seed", type=int, default=S, help="(default: 1)")
     t.add_argument("--patience", type=int, default=S, help="early-stopping patience in epochs (default: 8)")
@@ -228,11 +301,19 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threshold", type=float, default=S, help="score threshold of CP/CR/CF1/OP/OR/OF1 (default: 0.5)")
     r = p.add_argument_group("run")
     r.add_argument("--output", dest="output_dir", default=S, help="run folder (default: runs/sadcl)")
-    r.add_argument("--resume", default=S, metavar="RUN",
-                   help="continue a run exactly (its folder or last.pt); a finished run exits 0 unchanged")
-    r.add_argument("--overwrite", action="store_true", default=S,
-                   help="train into an --output folder that is not empty, replacing the files train writes "
-                        "(last.pt, best.safetensors, config.json, log.jsonl) and keeping every other file")
+    r.add_argument(
+        "--resume",
+        default=S,
+        metavar="RUN",
+        help="continue a run exactly (its folder or last.pt); a finished run exits 0 unchanged",
+    )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=S,
+        help="train into an --output folder that is not empty, replacing the files train writes "
+        "(last.pt, best.safetensors, config.json, log.jsonl) and keeping every other file",
+    )
     r.add_argument("--stop-after-epochs", type=int, default=S, help="end this run after N epochs (resume later)")
     r.add_argument("--num-workers", type=int, default=S, help="data-loading processes (default: min(4, CPU cores))")
     r.add_argument("--device", default=S, help="cpu, cuda … (default: cuda when available)")
@@ -242,19 +323,27 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _print_epoch(record: dict) -> None:
     terms = ", ".join(f"{k} {record[k]:.4g}" for k in ("asl", "sample", "prototype") if record.get(k))
-    line = (f"epoch {record['epoch']}: loss {record['loss']:.4g} ({terms}) | lr {record['lr']:.3g} | "
-            f"{record['img_per_s']:.1f} img/s")
+    line = (
+        f"epoch {record['epoch']}: loss {record['loss']:.4g} ({terms}) | lr {record['lr']:.3g} | "
+        f"{record['img_per_s']:.1f} img/s"
+    )
     if "val" in record:
         best = record["best"]
-        line += (f" | mAP raw {record['val']['raw']['mAP']:.2f} ema {record['val']['ema']['mAP']:.2f}"
-                 f" | best {best['mAP']:.2f} (epoch {best['epoch']}, {best['source']})")
+        line += (
+            f" | mAP raw {record['val']['raw']['mAP']:.2f} ema {record['val']['ema']['mAP']:.2f}"
+            f" | best {best['mAP']:.2f} (epoch {best['epoch']}, {best['source']})"
+        )
     print(line, flush=True)
 
 
 def _mosaics_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="folder for the PNGs, <split>.csv and labels.txt")
-    p.add_argument("--split", choices=("train", "test"), default="test",
-                   help="Fashion-MNIST split the items come from (default: %(default)s)")
+    p.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="test",
+        help="Fashion-MNIST split the items come from (default: %(default)s)",
+    )
     p.add_argument("-n", "--num", type=int, default=1000, help="number of mosaics (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--root", help="Fashion-MNIST folder (default: Debian's /usr/share/datasets/fashion-mnist)")
@@ -275,8 +364,9 @@ def _warn_one_line(message, category, filename, lineno, file=None, line=None) ->
     print(f"sadcl train: warning: {one_line(str(text))}", file=sys.stderr if file is None else file)
 
 
-@command("train", "fine-tune SADCL (or the Query2Label baseline) on a multi-label dataset; torchrun for DDP",
-         _train_args)
+@command(
+    "train", "fine-tune SADCL (or the Query2Label baseline) on a multi-label dataset; torchrun for DDP", _train_args
+)
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.config import ConfigError, RunFinishedError
     from .train.options import config_from_options
@@ -306,8 +396,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _data_args(p, lambda d: d, training=False)
     p.add_argument("--img-size", type=int, help="evaluation resolution (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="data-loading processes (default: min(4, CPU cores))")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="data-loading processes (default: min(4, CPU cores))",
+    )
     p.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16", help="CUDA autocast (default: bf16)")
     p.add_argument("--threshold", type=float, default=0.5, help="score threshold (default: 0.5)")
@@ -322,20 +416,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train.options import data_specs
 
     try:  # before any model is loaded
-        check_numbers({"batch_size": args.batch_size, "num_workers": args.num_workers,
-                       "threshold": args.threshold, "img_size": args.img_size})
+        check_numbers(
+            {
+                "batch_size": args.batch_size,
+                "num_workers": args.num_workers,
+                "threshold": args.threshold,
+                "img_size": args.img_size,
+            }
+        )
     except ConfigError as e:
         raise ValueError(e.cli) from None
     if args.data is None:
         raise ValueError("give the evaluation data with --data (and --data-format if it is not a CSV file)")
     if args.model is None and args.checkpoint is None:
         raise ValueError("give the model with --checkpoint FILE and/or --model SOURCE (see `sadcl list`)")
-    spec = data_specs(dict(data=args.data, images=args.images, data_format=args.data_format,
-                           val_split=None, split=args.split or ("test" if args.data_format == "voc" else None),
-                           voc_year=args.voc_year, skip_bad=args.skip_bad))["data"]
-    results = evaluate_checkpoint(spec, args.model, args.checkpoint, img_size=args.img_size,
-                                  batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                                  amp=args.amp, threshold=args.threshold)
+    spec = data_specs(
+        dict(
+            data=args.data,
+            images=args.images,
+            data_format=args.data_format,
+            val_split=None,
+            split=args.split or ("test" if args.data_format == "voc" else None),
+            voc_year=args.voc_year,
+            skip_bad=args.skip_bad,
+        )
+    )["data"]
+    results = evaluate_checkpoint(
+        spec,
+        args.model,
+        args.checkpoint,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        amp=args.amp,
+        threshold=args.threshold,
+    )
     print(format_table(results))
     clean = json.loads(json.dumps(results, default=str), parse_constant=lambda _: None)  # NaN → null
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -345,9 +461,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # -- convert / export / push --------------------------------------------------------------------------------
-_ARCH_OVERRIDES = (("backbone", str), ("hidden_dim", int), ("ffn_dim", int), ("num_heads", int),
-                   ("num_encoder_layers", int), ("num_decoder_layers", int), ("proj_dim", int),
-                   ("img_size", int), ("num_classes", int))
+_ARCH_OVERRIDES = (
+    ("backbone", str),
+    ("hidden_dim", int),
+    ("ffn_dim", int),
+    ("num_heads", int),
+    ("num_encoder_layers", int),
+    ("num_decoder_layers", int),
+    ("proj_dim", int),
+    ("img_size", int),
+    ("num_classes", int),
+)
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
@@ -365,11 +489,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .zoo.convert import convert_checkpoint
 
     overrides = {name: getattr(args, name) for name, _ in _ARCH_OVERRIDES if getattr(args, name) is not None}
-    if os.path.exists(args.output) and os.path.exists(args.checkpoint) and os.path.samefile(args.output,
-                                                                                             args.checkpoint):
+    if (
+        os.path.exists(args.output)
+        and os.path.exists(args.checkpoint)
+        and os.path.samefile(args.output, args.checkpoint)
+    ):
         raise ValueError(f"the output {args.output} is the checkpoint being converted; name another file")
-    result = convert_checkpoint(args.checkpoint, args.output, args.variant, strict=not args.non_strict,
-                                overwrite=args.overwrite, **overrides)
+    result = convert_checkpoint(
+        args.checkpoint, args.output, args.variant, strict=not args.non_strict, overwrite=args.overwrite, **overrides
+    )
     print(result["report"])
     print(f"wrote {result['path']}\nsha256 {result['sha256']}\nsize {result['size']}")
     return 0
@@ -386,11 +514,19 @@ def _read_metrics(text: str | None) -> dict | None:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="variant name (published weights), .safetensors file written by sadcl, export "
-                                 "folder, local-dir:PATH or hf-hub:ORG/NAME[@REV]")
-    p.add_argument("output_dir", help="a new or empty folder to write model.safetensors, config.json and README.md into")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the export files in a non-empty folder (nothing else in it is touched)")
+    p.add_argument(
+        "model",
+        help="variant name (published weights), .safetensors file written by sadcl, export "
+        "folder, local-dir:PATH or hf-hub:ORG/NAME[@REV]",
+    )
+    p.add_argument(
+        "output_dir", help="a new or empty folder to write model.safetensors, config.json and README.md into"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the export files in a non-empty folder (nothing else in it is touched)",
+    )
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs pip install 'sadcl[onnx]')")
     p.add_argument("--metrics", help="results of these weights: inline JSON or a JSON file, e.g. '{\"mAP\": 85.6}'")
     p.add_argument("--recipe", help="how the weights were obtained (free text for the model card)")
@@ -406,11 +542,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.onnx:
         _require_extra("onnx")  # before anything is loaded or written
     model = model_from_args(args.model)
-    config = export_model(model, args.output_dir, metrics=_read_metrics(args.metrics), recipe=args.recipe,
-                          repo_id=args.repo_id, license=args.license, onnx=args.onnx, overwrite=args.overwrite)
+    config = export_model(
+        model,
+        args.output_dir,
+        metrics=_read_metrics(args.metrics),
+        recipe=args.recipe,
+        repo_id=args.repo_id,
+        license=args.license,
+        onnx=args.onnx,
+        overwrite=args.overwrite,
+    )
     info = config["sadcl"]
-    print(f"wrote {', '.join(sorted(['config.json', *info['files']]))} to {args.output_dir}\n"
-          f"sha256 {info['weights']['sha256']}")
+    print(
+        f"wrote {', '.join(sorted(['config.json', *info['files']]))} to {args.output_dir}\n"
+        f"sha256 {info['weights']['sha256']}"
+    )
     return 0
 
 
@@ -419,21 +565,31 @@ def _push_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo_id", help="Hub repository, ORG/NAME (created if needed)")
     p.add_argument("--token", help="Hub write token (default: the saved login / HF_TOKEN)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--public", action="store_true",
-                   help="publish publicly: create the repository as public, or push into an existing public one "
-                        "(default: a new repository is private, and a public one is refused)")
+    g.add_argument(
+        "--public",
+        action="store_true",
+        help="publish publicly: create the repository as public, or push into an existing public one "
+        "(default: a new repository is private, and a public one is refused)",
+    )
     g.add_argument("--private", action="store_true", help="the default; accepted for compatibility")
     p.add_argument("--revision", help="an existing branch to push to (default: main)")
     p.add_argument("--message", help="commit message")
 
 
-@command("push", "upload the files of an export folder (private by default) and print its weights.json record",
-         _push_args)
+@command(
+    "push", "upload the files of an export folder (private by default) and print its weights.json record", _push_args
+)
 def cmd_push(args: argparse.Namespace) -> int:
     from .zoo.hub import push_to_hub
 
-    push_to_hub(args.export_dir, args.repo_id, token=args.token, public=args.public, revision=args.revision,
-                commit_message=args.message)
+    push_to_hub(
+        args.export_dir,
+        args.repo_id,
+        token=args.token,
+        public=args.public,
+        revision=args.revision,
+        commit_message=args.message,
+    )
     return 0
 
 
@@ -446,16 +602,21 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="image file")
     _model_args(p)
-    p.add_argument("--label", dest="labels", action="append", metavar="LABEL",
-                   help="label whose attention map to draw, repeatable (default: the --top-k best-scoring)")
+    p.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        metavar="LABEL",
+        help="label whose attention map to draw, repeatable (default: the --top-k best-scoring)",
+    )
     p.add_argument("--top-k", type=int, default=3, help="labels drawn without --label (default: %(default)s)")
     p.add_argument("-o", "--output", default="explain.png", help="image file to write (default: %(default)s)")
 
 
 @command("explain", "draw the category-related attention maps of an image's labels", _explain_args)
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .zoo.factory import model_from_args
     from .viz import explain, save_figure
+    from .zoo.factory import model_from_args
 
     model = model_from_args(args.model, args.checkpoint)
     fig = explain(model, args.image, args.labels, top_k=args.top_k, device=args.device)
@@ -470,20 +631,26 @@ def _plot_embeddings_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--mosaics", type=int, metavar="N", help="N Fashion-MNIST test mosaics built on the fly")
     p.add_argument("--images", metavar="DIR", help="root of the CSV's relative image paths (default: its folder)")
     p.add_argument("-n", "--num", type=int, default=2000, help="at most this many images (default: %(default)s)")
-    p.add_argument("--method", choices=("pca", "tsne"), default="pca",
-                   help="2-D reduction; tsne needs scikit-learn (default: %(default)s)")
-    p.add_argument("--raw", action="store_true",
-                   help="plot the decoder's label-level embeddings h instead of their projections")
+    p.add_argument(
+        "--method",
+        choices=("pca", "tsne"),
+        default="pca",
+        help="2-D reduction; tsne needs scikit-learn (default: %(default)s)",
+    )
+    p.add_argument(
+        "--raw", action="store_true", help="plot the decoder's label-level embeddings h instead of their projections"
+    )
     p.add_argument("--seed", type=int, default=0, help="mosaic and t-SNE seed (default: %(default)s)")
     p.add_argument("-o", "--output", default="embeddings.png", help="image file to write (default: %(default)s)")
 
 
-@command("plot-embeddings", "plot label-level embeddings of positive labels with the class prototypes",
-         _plot_embeddings_args)
+@command(
+    "plot-embeddings", "plot label-level embeddings of positive labels with the class prototypes", _plot_embeddings_args
+)
 def cmd_plot_embeddings(args: argparse.Namespace) -> int:
-    from .zoo.factory import model_from_args
     from .inference import preprocess
     from .viz import plot_embeddings, save_figure
+    from .zoo.factory import model_from_args
 
     model = model_from_args(args.model, args.checkpoint)
 
@@ -494,23 +661,30 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> int:
         from .data.mosaic import FASHION_LABELS, MosaicDataset
 
         if model.label_names != list(FASHION_LABELS):
-            raise ValueError(f"--mosaics needs a model with the Fashion-MNIST labels; {args.model!r} has "
-                             f"{model.num_classes} other labels: use --data CSV")
+            raise ValueError(
+                f"--mosaics needs a model with the Fashion-MNIST labels; {args.model!r} has "
+                f"{model.num_classes} other labels: use --data CSV"
+            )
         dataset = MosaicDataset("test", args.mosaics, args.seed, transform=transform)
     else:
         from .data.datasets import CSVDataset
 
         dataset = CSVDataset(args.data, image_root=args.images, label_names=model.label_names, transform=transform)
-    fig = plot_embeddings(model, dataset, n=args.num, method=args.method, projected=not args.raw,
-                          device=args.device, seed=args.seed)
+    fig = plot_embeddings(
+        model, dataset, n=args.num, method=args.method, projected=not args.raw, device=args.device, seed=args.seed
+    )
     print(f"wrote {save_figure(fig, args.output)}: {fig.axes[0].get_title()}")
     return 0
 
 
 # -- errors: one line in the CLI's words ----------------------------------------------------------------------
 # Optional modules: import name → (distribution, the sadcl extra in pyproject.toml that installs it, or None).
-_OPTIONAL_MODULES = {"onnx": ("onnx", "onnx"), "onnxruntime": ("onnxruntime", "onnx"),
-                     "matplotlib": ("matplotlib", "viz"), "sklearn": ("scikit-learn", None)}
+_OPTIONAL_MODULES = {
+    "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "matplotlib": ("matplotlib", "viz"),
+    "sklearn": ("scikit-learn", None),
+}
 
 
 def _install_hint(module: str | None) -> str | None:
@@ -587,10 +761,14 @@ def _network_message(error: BaseException) -> str | None:
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
     if offline:
-        return (f"cannot reach {endpoint} ({reason}): HF_HUB_OFFLINE=1 is set (offline mode); unset it to use the "
-                "network, or use files already in the local cache")
-    return (f"cannot reach {endpoint} ({reason}); HF_HUB_OFFLINE is not set: check the network and HF_ENDPOINT, "
-            "or set HF_HUB_OFFLINE=1 to use only files already in the local cache")
+        return (
+            f"cannot reach {endpoint} ({reason}): HF_HUB_OFFLINE=1 is set (offline mode); unset it to use the "
+            "network, or use files already in the local cache"
+        )
+    return (
+        f"cannot reach {endpoint} ({reason}); HF_HUB_OFFLINE is not set: check the network and HF_ENDPOINT, "
+        "or set HF_HUB_OFFLINE=1 to use only files already in the local cache"
+    )
 
 
 _PLAIN_ERRORS = (ValueError, OSError, RuntimeError, TypeError, ImportError)  # their message says it all
@@ -617,8 +795,11 @@ def _describe(error: BaseException) -> str:
 
 # Library keywords the command line spells differently, keyword[=value] → option dest[=value]; a value of
 # None matches any value and keeps it.
-_RENAMED_KEYWORDS = {("checkpoint_path", None): ("checkpoint", None), ("strict", "False"): ("non_strict", "True"),
-                     ("strict", "True"): ("non_strict", "False")}
+_RENAMED_KEYWORDS = {
+    ("checkpoint_path", None): ("checkpoint", None),
+    ("strict", "False"): ("non_strict", "True"),
+    ("strict", "True"): ("non_strict", "False"),
+}
 _ENVIRONMENT_KEYWORDS = {"cache_dir": "HF_HUB_CACHE=DIR"}  # no option: the environment is the CLI's way
 _LITERAL_WORDS = {"HF_HUB_CACHE/cache_dir": "HF_HUB_CACHE"}
 # `keyword=value` in prose (not inside a path, URL query or name): value a placeholder <file>, ..., or a word.
@@ -655,7 +836,7 @@ def _cli_words(message: str, parser: argparse.ArgumentParser) -> str:
         message = message.replace(python, cli)
     out, start = [], 0
     for code in _CODE.finditer(message):
-        out += [_KEYWORD.sub(option, message[start:code.start()]), code.group(0)]
+        out += [_KEYWORD.sub(option, message[start : code.start()]), code.group(0)]
         start = code.end()
     return "".join(out) + _KEYWORD.sub(option, message[start:])
 
@@ -699,8 +880,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = parser.commands[name] = sub.add_parser(name, help=help, description=help)
         add_arguments(p)
         # Also after the command; SUPPRESS keeps a --verbose given before it.
-        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="on error, print the full message and its details")
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="on error, print the full message and its details",
+        )
     return parser
 
 

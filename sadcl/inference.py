@@ -1,22 +1,21 @@
 """Inference: image loading and preprocessing from the model's metadata, per-label scores, attention maps."""
+
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Union
 
-import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import load_image
+from .data.images import ImageLoadError, load_image
 from .data.preprocessing import create_transform
-from .data.images import ImageLoadError
 from .model import SADCL
 
 ImageInput = Union[str, os.PathLike, Image.Image]
 Images = Union[ImageInput, Sequence[ImageInput], torch.Tensor]
-
 
 
 def preprocess(image: ImageInput, pretrained_cfg: dict) -> torch.Tensor:
@@ -25,7 +24,15 @@ def preprocess(image: ImageInput, pretrained_cfg: dict) -> torch.Tensor:
     The same steps as :func:`sadcl.create_transform` (one evaluation preprocessing in the package); for many
     images build that transform once instead.
     """
-    return create_transform(pretrained_cfg)(load_image(image))
+    return create_transform(pretrained_cfg)(_load(image))
+
+
+def _load(item: ImageInput) -> Image.Image:
+    """An input as an RGB image: a PIL image or file through ``load_image``; an ``http(s)://`` URL string fetched
+    first (bounded in time and size, :mod:`sadcl.data.remote`); any other ``scheme://`` is refused."""
+    from .data import remote  # light: it imports requests only when a URL is fetched
+
+    return remote.fetch_image(item) if remote.is_url(item) else load_image(item)
 
 
 class ImageSkippedWarning(UserWarning):
@@ -56,7 +63,7 @@ def _batches(
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"a tensor input must be a preprocessed batch [B, 3, H, W], got {tuple(images.shape)}")
         for i in range(0, len(images), batch_size):
-            yield list(range(i, min(i + batch_size, len(images)))), images[i:i + batch_size]
+            yield list(range(i, min(i + batch_size, len(images)))), images[i : i + batch_size]
         return
     items = _as_list(images)
     chunks = range(0, len(items), batch_size)
@@ -67,10 +74,10 @@ def _batches(
     transform = create_transform(model)  # built once: the model's evaluation preprocessing
     for i in chunks:
         indices, tensors = [], []
-        for j, item in enumerate(items[i:i + batch_size], start=i):
+        for j, item in enumerate(items[i : i + batch_size], start=i):
             try:
-                tensors.append(transform(load_image(item)))
-            except ImageLoadError as e:  # the loader's message names the file and the reason
+                tensors.append(transform(_load(item)))
+            except ImageLoadError as e:  # the loader's message names the file (or URL) and the reason
                 if not skip_bad:
                     raise
                 warnings.warn(f"skipped: {e}", ImageSkippedWarning, stacklevel=4)
@@ -108,7 +115,11 @@ def _prepare(model: SADCL, device: str | torch.device | None, channels_last: boo
 
 
 def predict_scores(
-    model: SADCL, images: Images, *, batch_size: int = 16, device: str | torch.device | None = None,
+    model: SADCL,
+    images: Images,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Sigmoid probabilities ``[N, C]`` (float32, CPU) for ``images``.
@@ -120,7 +131,11 @@ def predict_scores(
 
 
 def _scores(
-    model: SADCL, images: Images, batch_size: int, device: str | torch.device | None, progress: bool,
+    model: SADCL,
+    images: Images,
+    batch_size: int,
+    device: str | torch.device | None,
+    progress: bool,
     skip_bad: bool,
 ) -> tuple[torch.Tensor, list[int]]:
     """Probabilities ``[K, C]`` of the ``K`` images that loaded, and their input indices."""
@@ -152,14 +167,16 @@ def predict(
     device: str | torch.device | None = None,
     progress: bool = False,
     skip_bad: bool = False,
-) -> list[Optional[dict[str, float]]]:
+) -> list[dict[str, float] | None]:
     """Per-label scores for each image, sorted by descending score.
 
-    ``images``: a path, a PIL image, a list of them, or a preprocessed float tensor batch ``[B, 3, H, W]``.
+    ``images``: a path, an ``http(s)://`` URL (fetched with a deadline and a 50 MiB limit, see
+    :mod:`sadcl.data.remote`), a PIL image, a list of them, or a preprocessed float tensor batch ``[B, 3, H, W]``.
     With ``threshold`` only labels scoring above it are kept; with ``top_k`` at most ``k`` labels; with neither,
     every label is returned. Scores are sigmoid probabilities.
 
-    An unreadable image raises :class:`~sadcl.data.images.ImageLoadError` naming it; with ``skip_bad=True`` its
+    An unreadable image (or a URL that cannot be fetched: :class:`~sadcl.data.remote.RemoteImageError`, a
+    subclass) raises :class:`~sadcl.data.images.ImageLoadError` naming it; with ``skip_bad=True`` its
     result is ``None`` instead (the list keeps one entry per input, in order) and an
     :class:`ImageSkippedWarning` names it and the reason. NaN scores (broken weights or preprocessing) are
     kept as NaN, sorted last, and reported once by a :class:`NonFiniteScoreWarning` naming the images.
@@ -172,7 +189,7 @@ def predict(
     items = images if isinstance(images, torch.Tensor) else _as_list(images)
     _warn_non_finite(scores, [_image_name(items[j], j) for j in kept])
     names = model.label_names
-    results: list[Optional[dict[str, float]]] = [None] * len(items)
+    results: list[dict[str, float] | None] = [None] * len(items)
     for j, row in zip(kept, scores.tolist()):
         # NaN last: `-s` alone compares NaN as neither smaller nor larger and would scramble the order.
         ranked = sorted(zip(names, row), key=lambda t: (t[1] != t[1], -t[1]))
@@ -189,8 +206,12 @@ def _warn_non_finite(scores: torch.Tensor, names: list[str], shown: int = 5) -> 
     bad = [name for name, ok in zip(names, torch.isfinite(scores).all(1).tolist()) if not ok]
     if bad:
         listed = ", ".join(bad[:shown]) + (f" and {len(bad) - shown} more" if len(bad) > shown else "")
-        warnings.warn(f"NaN scores for {len(bad)} of {len(names)} images ({listed}): the model's weights or its "
-                      "preprocessing (mean/std) are broken", NonFiniteScoreWarning, stacklevel=3)
+        warnings.warn(
+            f"NaN scores for {len(bad)} of {len(names)} images ({listed}): the model's weights or its "
+            "preprocessing (mean/std) are broken",
+            NonFiniteScoreWarning,
+            stacklevel=3,
+        )
 
 
 def attention_maps(

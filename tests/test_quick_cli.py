@@ -33,6 +33,7 @@ def test_light_commands_do_not_import_torch():
     assert _run(code) == "[0, 0, 0, 0, 0] []"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_sadcl_is_light_and_public_names_load_on_first_use():
     out = _run(
         "import sys, sadcl\n"
@@ -56,6 +57,7 @@ def test_every_public_name_resolves_to_its_owner():
         from sadcl import create_modle  # noqa: F401
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize(
     "imports",
     [
