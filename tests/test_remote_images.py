@@ -146,6 +146,7 @@ def _one_line(err: str, prefix: str, *needles: str) -> str:
 
 
 # -- the fetcher ---------------------------------------------------------------------------------------------
+@pytest.mark.network
 def test_good_url_gives_the_same_pixels_as_the_file(server, tmp_path):
     (tmp_path / "good.png").write_bytes(server.png)
     from sadcl.data.images import load_image
@@ -154,12 +155,14 @@ def test_good_url_gives_the_same_pixels_as_the_file(server, tmp_path):
     assert fetched.mode == "RGB" and np.array_equal(np.asarray(fetched), np.asarray(load_image(tmp_path / "good.png")))
 
 
+@pytest.mark.network
 def test_http_error_names_the_url_and_status(server):
     url = server.url("/missing.png")
     with pytest.raises(RemoteImageError, match=r"cannot fetch image .*/missing\.png: the server answered 404"):
         fetch_bytes(url)
 
 
+@pytest.mark.network
 def test_declared_length_over_the_limit_is_refused_unread(server):
     url = server.url("/declared-huge.png")
     with pytest.raises(RemoteImageError, match=r"declared-huge\.png: the server announces 1\.02e\+03 MiB, more than"):
@@ -168,6 +171,7 @@ def test_declared_length_over_the_limit_is_refused_unread(server):
     assert server.sent.get("/declared-huge.png", 0) < STREAM_CHUNKS * CHUNK
 
 
+@pytest.mark.network
 def test_chunked_body_over_the_limit_is_stopped_there(server):
     url = server.url("/chunked-huge.png")
     with pytest.raises(RemoteImageError, match=r"chunked-huge\.png: larger than the 1 MiB limit; stopped reading"):
@@ -176,6 +180,7 @@ def test_chunked_body_over_the_limit_is_stopped_there(server):
     assert server.sent.get("/chunked-huge.png", 0) < STREAM_CHUNKS * (CHUNK + 16)
 
 
+@pytest.mark.network
 def test_slow_server_stops_at_the_deadline(server):
     url = server.url("/slow.png")
     start = time.monotonic()
@@ -184,16 +189,19 @@ def test_slow_server_stops_at_the_deadline(server):
     assert time.monotonic() - start < 2.0
 
 
+@pytest.mark.network
 def test_read_timeout_names_the_url(server):
     with pytest.raises(RemoteImageError, match=r"slow\.png: the server sent nothing for 0\.05 s"):
         fetch_bytes(server.url("/slow.png"), deadline=5, timeout=(5, 0.05))
 
 
+@pytest.mark.network
 def test_non_image_body_is_not_an_image(server):
     with pytest.raises(RemoteImageError, match=r"cannot load image .*/page\.html: not a recognised image file"):
         fetch_image(server.url("/page.html"))
 
 
+@pytest.mark.network
 def test_pixel_limit_applies_to_urls(server, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 40x40 PNG now declares too many pixels
     with pytest.raises(RemoteImageError, match=r"good\.png: it declares more pixels than PIL\.Image\.MAX_IMAGE_PIXELS"):
@@ -207,6 +215,7 @@ def test_only_http_and_https_are_fetched(url):
         fetch_bytes(url)
 
 
+@pytest.mark.network
 def test_redirect_to_another_scheme_is_refused(server):
     with pytest.raises(RemoteImageError, match=r"/to-file: refused: .*file:///etc/passwd"):
         fetch_bytes(server.url("/to-file"))
@@ -224,6 +233,7 @@ def test_what_counts_as_a_url(tmp_path):
     assert issubclass(RemoteImageError, ImageLoadError)  # skip_bad and the CLI treat it as an unreadable image
 
 
+@pytest.mark.network
 def test_library_predict_takes_urls_and_skips_bad_ones(server, tiny, tmp_path):
     model, _ = tiny
     (tmp_path / "good.png").write_bytes(server.png)
@@ -237,6 +247,7 @@ def test_library_predict_takes_urls_and_skips_bad_ones(server, tiny, tmp_path):
 
 
 # -- the command line ----------------------------------------------------------------------------------------
+@pytest.mark.network
 def test_cli_predict_url(server, tiny, capsys):
     _, ckpt = tiny
     url = server.url("/good.png")
@@ -245,6 +256,7 @@ def test_cli_predict_url(server, tiny, capsys):
     assert list(out) == [url] and len(out[url]) == 1
 
 
+@pytest.mark.network
 def test_cli_bad_url_is_one_line_naming_it(server, tiny, capsys, tmp_path, monkeypatch):
     _, ckpt = tiny
     before = sorted(p.name for p in Path(tmp_path).iterdir())
@@ -262,6 +274,7 @@ def test_cli_bad_url_is_one_line_naming_it(server, tiny, capsys, tmp_path, monke
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == before  # nothing written
 
 
+@pytest.mark.network
 def test_cli_skip_bad_skips_a_failed_url(server, tiny, capsys):
     _, ckpt = tiny
     good, missing = server.url("/good.png"), server.url("/missing.png")
