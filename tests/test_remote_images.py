@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -165,7 +167,9 @@ def test_http_error_names_the_url_and_status(server):
 @pytest.mark.network
 def test_declared_length_over_the_limit_is_refused_unread(server):
     url = server.url("/declared-huge.png")
-    with pytest.raises(RemoteImageError, match=r"declared-huge\.png: the server announces 1\.02e\+03 MiB, more than"):
+    with pytest.raises(
+        RemoteImageError, match=r"declared-huge\.png: the server announces 1024 MiB, more than the 1 MiB limit"
+    ):
         fetch_bytes(url, max_bytes=2**20)
     # the client never read the body: the server is stopped by the closed connection, far from its 25 MiB
     assert server.sent.get("/declared-huge.png", 0) < STREAM_CHUNKS * CHUNK
@@ -221,10 +225,27 @@ def test_redirect_to_another_scheme_is_refused(server):
         fetch_bytes(server.url("/to-file"))
 
 
+def test_refused_connection_names_the_url():
+    with socket.socket() as sock:  # a port nothing listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x.png"
+    with pytest.raises(RemoteImageError, match=rf"cannot fetch image {re.escape(url)}: ConnectionError: .*refused"):
+        fetch_bytes(url, deadline=5)
+
+
+def test_malformed_url_is_one_error_naming_it():
+    with pytest.raises(RemoteImageError, match=r"cannot fetch image http://\[::1/x\.png: "):
+        fetch_bytes("http://[::1/x.png", deadline=5)
+
+
 def test_credentials_are_not_shown():
     with pytest.raises(RemoteImageError) as info:
         fetch_bytes("ftp://user:secret@127.0.0.1/x.png")
     assert "secret" not in str(info.value) and "ftp://127.0.0.1/x.png" in str(info.value)
+    with pytest.raises(RemoteImageError) as info:
+        fetch_bytes("http://user:secret@127.0.0.1:notaport/x.png", deadline=5)
+    assert "secret" not in str(info.value) and "http://127.0.0.1:notaport/x.png" in str(info.value)
 
 
 def test_what_counts_as_a_url(tmp_path):

@@ -23,7 +23,6 @@ import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from PIL import Image
 
@@ -38,6 +37,7 @@ MAX_REDIRECTS = 5
 _CHUNK = 16 * 1024  # small: a compressed chunk a server sends anyway decodes to at most ~1000x this
 # "scheme://" at the start: a URL, not a file name (a one-letter scheme would be a Windows drive).
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]*@")
 
 
 class RemoteImageError(ImageLoadError):
@@ -50,17 +50,14 @@ def is_url(item: object) -> bool:
     return isinstance(item, str) and _URL.match(item) is not None
 
 
-def shown(url: str) -> str:
-    """``url`` as messages show it: without a ``user:password@`` part."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+def shown(text: str) -> str:
+    """``text`` (a URL, or a message quoting one) without any ``user:password@`` part of a URL (a regex, so a
+    malformed URL is cleaned too)."""
+    return _USERINFO.sub(r"\1", text)
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:.3g} MiB" if n >= 2**20 else f"{n} bytes"
+    return (f"{n / 2**20:.1f}".rstrip("0").rstrip(".") + " MiB") if n >= 2**20 else f"{n} bytes"
 
 
 def fetch_bytes(
@@ -79,7 +76,7 @@ def fetch_bytes(
     max_bytes = MAX_BYTES if max_bytes is None else max_bytes
     deadline = DEADLINE_S if deadline is None else deadline
     timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S) if timeout is None else timeout
-    scheme = urlsplit(url).scheme.lower()
+    scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
         raise RemoteImageError(
             f"cannot fetch image {shown(url)}: only http:// and https:// URLs are fetched, not {scheme}://; "
@@ -99,7 +96,7 @@ def fetch_bytes(
             "(the server is too slow or does not answer)"
         )
     if "error" in state:
-        raise RemoteImageError(f"cannot fetch image {shown(url)}: {state['error']}") from state.get("cause")
+        raise RemoteImageError(shown(f"cannot fetch image {url}: {state['error']}")) from state.get("cause")
     return state["body"]
 
 
@@ -168,7 +165,9 @@ def _reason(error: BaseException) -> str:
     """The innermost message of a requests/urllib3 error (the outer ones repeat the URL and pool details)."""
     inner: BaseException = error
     for _ in range(5):  # bounded: cause chains can be cyclic
-        nxt = getattr(inner, "reason", None) or inner.__cause__ or inner.__context__
+        wrapped = inner.args[0] if inner.args and isinstance(inner.args[0], BaseException) else None
+        context = inner.__context__ if isinstance(inner.__context__, OSError) else None  # the socket's own error
+        nxt = wrapped or getattr(inner, "reason", None) or inner.__cause__ or context
         if not isinstance(nxt, BaseException):
             break
         inner = nxt
