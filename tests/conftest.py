@@ -115,3 +115,12 @@ def hub_uploads(fake_hub: FakeHub) -> HubUploads:
     """The write API that ``HfApi.create_repo``/``upload_folder`` use, on the running ``fake_hub``
     (see tests/hubupload.py); pushed files are then downloadable from ``fake_hub``."""
     return HubUploads(fake_hub).install()
+
+
+# -- markers ---------------------------------------------------------------------------------------------------
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that talks to the loopback ``FakeHub`` is a ``network`` test (a sandbox without sockets
+    deselects them all with ``-m "not network"``); the few that start their own server are marked by hand."""
+    for item in items:
+        if "fake_hub" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.network)

@@ -22,6 +22,7 @@ def run_cli(*args):
     return subprocess.run(["sadcl", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_list_and_info(capsys):
     out = run_cli("list")
     assert out.returncode == 0, out.stderr
@@ -53,6 +54,7 @@ def image_dir(tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_predict_json_matches_library(tiny_checkpoint, image_dir):
     model, ckpt = tiny_checkpoint
     out = run_cli(
@@ -108,6 +110,7 @@ def test_bad_input_exits_non_zero_with_a_clear_message(args, needle, tiny_checkp
     assert needle in err and err.startswith(f"sadcl {args[0]}: error:")
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_named_by_the_console_script(tiny_checkpoint, tmp_path):
     _, ckpt = tiny_checkpoint
     bad = tmp_path / "broken.jpg"
@@ -116,6 +119,7 @@ def test_corrupt_image_is_named_by_the_console_script(tiny_checkpoint, tmp_path)
     assert out.returncode == 2 and "broken.jpg" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "sadcl.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and sadcl.__version__ in out.stdout

@@ -7,6 +7,8 @@ import csv
 import json
 from pathlib import Path
 
+import needs
+import pytest
 import torch
 
 import sadcl
@@ -76,6 +78,8 @@ def test_readme_command_predicts_the_example_mosaics(capsys):
     assert first["labels"] == "Bag" and list(out[str(EXAMPLES / first["image"])])[0] == "Bag"
 
 
+@needs.fashion_mnist
+@pytest.mark.slow
 def test_accurate_on_fresh_test_mosaics():
     """Mosaics the model never saw (test split, another seed), through the public predict API."""
     from sadcl.data.mosaic import make_mosaics, mosaic_to_pil

@@ -106,6 +106,7 @@ def steps(out: Path) -> list[dict]:
     return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["event"] == "step"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
     root = tmp_path / "fmnist"
     root.mkdir()

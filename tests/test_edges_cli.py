@@ -230,6 +230,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("client", ["huggingface_hub", "requests"])
 def test_connection_error_names_the_endpoint_and_offline_setting(monkeypatch, capsys, client, hub_offline, hf_cache):
     hub_offline(False)
@@ -533,6 +534,7 @@ def test_duplicate_labels_are_found_in_linear_time_and_named():
 
 
 # -- 6. the installed entry point ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_installed_sadcl_prints_no_traceback_on_garbage(tmp_path):
     garbage = tmp_path / "x.safetensors"
     garbage.write_bytes(b"\x87.")
@@ -551,6 +553,7 @@ def test_installed_sadcl_prints_no_traceback_on_garbage(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_installed_sadcl_into_a_closed_pipe_exits_quietly():
     """`sadcl list | head -0`: the reader is gone; exit 141 (SIGPIPE's status) with nothing on stderr."""
     proc = subprocess.Popen(

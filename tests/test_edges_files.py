@@ -478,6 +478,7 @@ def test_fifo_checkpoint_does_not_hang_predict(tmp_path: Path, capsys: pytest.Ca
 
 
 # ----------------------------------------------------------------------------- a real process
+@pytest.mark.slow
 def test_console_script_prints_one_line_for_the_garbage_pickle(tmp_path: Path) -> None:
     path = tmp_path / "x.pth"
     path.write_bytes(b"\x87.")

@@ -443,6 +443,8 @@ def test_cli_push_public_repo_needs_the_flag(hub_uploads, export_dir, capsys, tm
     assert "is public: pass --public to publish into it" in line
 
 
+@pytest.mark.network
+@pytest.mark.slow
 def test_installed_sadcl_push_offline_prints_no_traceback(fake_hub, export_dir) -> None:
     endpoint = fake_hub.endpoint
     fake_hub.stop()

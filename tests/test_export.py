@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import needs
 import pytest
 import torch
 from huggingface_hub import ModelCard, hf_hub_download
@@ -135,6 +136,7 @@ def test_a_folder_named_like_a_variant_does_not_hide_the_variant(tmp_path, monke
     assert describe_source("hf-hub:org/name") == "hub" and describe_source("local-dir:x") == "folder"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefix", ["", "local-dir:"])
 def test_load_exported_from_a_folder(export_dir, model, prefix):
     loaded = load_exported(f"{prefix}{export_dir}")
@@ -175,6 +177,7 @@ def test_load_exported_refuses_bad_folders(export_dir, tmp_path):
         load_exported("hf-hub:no-slash")
 
 
+@pytest.mark.slow
 def test_load_exported_from_the_hub(fake_hub, export_dir, model):
     fake_hub.add_file(REPO, "config.json", (export_dir / "config.json").read_bytes(), lfs=False)
     commit = fake_hub.add_file(REPO, "model.safetensors", (export_dir / "model.safetensors").read_bytes())
@@ -201,6 +204,7 @@ def test_load_exported_removes_a_corrupt_download(fake_hub, export_dir):
     load_exported(f"hf-hub:{REPO}")  # downloaded afresh
 
 
+@pytest.mark.slow
 def test_push_to_hub_then_download_at_the_pinned_commit(hub_uploads, export_dir, model, capsys):
     record = push_to_hub(export_dir, REPO, token=TOKEN)
 
@@ -269,6 +273,7 @@ def test_cli_export_and_push(hub_uploads, tmp_path, model, capsys):
     assert "--metrics must be a JSON object of numbers" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_create_model_accepts_hub_and_folder_names(fake_hub, export_dir, model):
     import sadcl
 
@@ -280,6 +285,7 @@ def test_create_model_accepts_hub_and_folder_names(fake_hub, export_dir, model):
         sadcl.create_model(str(export_dir), checkpoint_path=export_dir / "model.safetensors")
 
 
+@needs.onnx  # the extra is checked before the (failing) export starts
 def test_a_failed_export_leaves_nothing_behind(tmp_path, model, monkeypatch):
     import sadcl.zoo.export as export_mod
 

@@ -38,6 +38,7 @@ def test_every_resnet_batchnorm_is_folded_and_the_keys_stay():
     assert list(plain.state_dict()) == list(folded.state_dict())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True])
 def test_same_outputs_and_gradients(train):
     plain, folded = _pair()

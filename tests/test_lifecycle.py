@@ -17,6 +17,7 @@ import json
 import warnings
 from pathlib import Path
 
+import needs
 import numpy as np
 import pytest
 import timm
@@ -34,10 +35,8 @@ from sadcl.zoo.factory import ModelSourceError
 from sadcl.zoo.loading import HeadChangeWarning
 
 ROOT = Path(__file__).resolve().parent.parent
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(
-    not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
-)
+# The module fixture trains a model on real Fashion-MNIST mosaics: slow, and skipped without the data.
+pytestmark = [needs.fashion_mnist, pytest.mark.slow]
 # The user's own labels: four Fashion-MNIST classes under new names, in a new order.
 MINE = {"Dress": "frock", "T-shirt/top": "tee", "Trouser": "pants", "Pullover": "jumper"}
 REPO = "me/my-fashion-tagger"

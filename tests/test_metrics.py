@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn import metrics as sklearn_metrics  # the "test" extra needs scikit-learn
 
 from sadcl import metrics
 from sadcl.metrics import (
@@ -19,6 +18,13 @@ from sadcl.metrics import (
     mean_average_precision,
     threshold_metrics,
 )
+
+
+@pytest.fixture(scope="module")
+def sklearn_metrics():
+    """scikit-learn, the reference implementation (in the `test` extra): the comparisons skip without it."""
+    return pytest.importorskip("sklearn.metrics", reason="needs scikit-learn: pip install 'sadcl[test]'")
+
 
 # --------------------------------------------------------------------------- references written from the definitions
 
@@ -106,7 +112,7 @@ def test_ap_ties_hand_computed():
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_sklearn_mode_matches_sklearn(seed, ties):
+def test_sklearn_mode_matches_sklearn(seed, ties, sklearn_metrics):
     scores, targets = random_problem(seed, ties=ties)
     for c in range(scores.shape[1]):
         ref = sklearn_metrics.average_precision_score(targets[:, c], scores[:, c])
@@ -188,7 +194,7 @@ def test_threshold_is_strict():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_threshold_metrics_match_sklearn_macro_micro(seed):
+def test_threshold_metrics_match_sklearn_macro_micro(seed, sklearn_metrics):
     scores, targets = random_problem(seed, n=50, c=5)
     m = threshold_metrics(scores, targets, threshold=0.4)
     pred = (scores > 0.4).astype(int)

@@ -66,6 +66,7 @@ def test_layers_are_post_norm_as_reference():
     assert not hasattr(dec, "self_attn") and not hasattr(dec, "norm1")
 
 
+@pytest.mark.slow
 def test_interface_shapes():
     m = SADCL(**SMALL).eval()
     x = torch.randn(3, 3, 64, 64)
@@ -81,6 +82,7 @@ def test_interface_shapes():
     assert m.label_names == ["0", "1", "2", "3", "4"]
 
 
+@pytest.mark.slow
 def test_same_weights_run_at_other_resolution():
     m = SADCL(**SMALL).eval()
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 5)
@@ -117,6 +119,7 @@ def test_input_proj_only_when_channels_differ():
     assert isinstance(SADCL(**SMALL).input_proj, nn.Conv2d)
 
 
+@pytest.mark.slow
 def test_frozen_batchnorm_and_stem():
     m = SADCL(**SMALL)
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
@@ -155,6 +158,7 @@ def test_bad_arguments_are_named():
         SADCL(**dict(SMALL, num_heads=3))
 
 
+@pytest.mark.slow
 def test_full_size_matches_authors_parameter_count():
     """ResNet-101 SADCL: 200,037,456 trainable parameters, as printed in the authors' logs."""
     m = SADCL(num_classes=80).eval()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import needs
 import numpy as np
 import pytest
 import torch
 from fakedata import write_idx
 
 from sadcl.data import (
-    DEFAULT_FASHION_ROOT,
     FASHION_LABELS,
     CSVDataset,
     MosaicDataset,
@@ -141,16 +141,14 @@ def test_corrupt_idx_is_reported(tmp_path):
         load_fashion_mnist("train", tmp_path)
 
 
-def test_installed_fashion_mnist_or_install_hint():
-    if not Path(DEFAULT_FASHION_ROOT, "train-images-idx3-ubyte.gz").is_file():
-        with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-            load_fashion_mnist("train", DEFAULT_FASHION_ROOT)
-        return
-    train, train_labels = load_fashion_mnist("train", DEFAULT_FASHION_ROOT)
-    test, test_labels = load_fashion_mnist("test", DEFAULT_FASHION_ROOT)
+@needs.fashion_mnist
+def test_installed_fashion_mnist():
+    """The real data (without it, the install hint: test_missing_root_says_how_to_install)."""
+    train, train_labels = load_fashion_mnist("train")
+    test, test_labels = load_fashion_mnist("test")
     assert train.shape == (60000, 28, 28) and test.shape == (10000, 28, 28)
     assert np.bincount(train_labels).tolist() == [6000] * 10 and np.bincount(test_labels).tolist() == [1000] * 10
-    images, targets, items = make_mosaics("test", 50, seed=0, root=DEFAULT_FASHION_ROOT)
+    images, targets, items = make_mosaics("test", 50, seed=0)
     for mosaic, target, row in zip(images, targets, items):
         for cell, item in zip(_cells(mosaic), row):
             assert np.array_equal(cell, test[item]) if item >= 0 else not cell.any()

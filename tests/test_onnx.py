@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -15,6 +13,10 @@ from sadcl.cli import main
 from sadcl.zoo.export import export_onnx
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
 from sadcl.zoo.weights import save_safetensors, sha256_file
+
+# The `onnx` extra (pip install 'sadcl[onnx]'): without it this module is skipped, the rest of the suite runs.
+onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'sadcl[onnx]'")
+ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'sadcl[onnx]'")
 
 
 def run_both(model: sadcl.SADCL, path, batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,6 +27,7 @@ def run_both(model: sadcl.SADCL, path, batch: int, size: int) -> tuple[np.ndarra
         return got, model(x).numpy()
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_with_a_dynamic_batch(tmp_path):
     """Through `sadcl export CHECKPOINT DIR --onnx`, from a fine-tuned checkpoint that carries its config."""
     torch.manual_seed(0)
@@ -54,6 +57,7 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(tmp_path):
     assert proto.opset_import[0].version == 17
 
 
+@pytest.mark.slow
 def test_onnx_at_448(tmp_path):
     torch.manual_seed(0)
     model = sadcl.create_model("sadcl_tiny", hidden_dim=32, ffn_dim=64, proj_dim=16, img_size=448).train()

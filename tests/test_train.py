@@ -179,6 +179,7 @@ def test_resume_is_bit_exact(fashion_root, tmp_path):
     assert [r["event"] for r in read_log(split)].count("start") == 2  # the log is appended to
 
 
+@pytest.mark.slow
 def test_compiled_forward_trains_like_eager(fashion_root, tmp_path):
     """`compile=True` (torch.compile of the training forward) follows the eager run: the second step's loss
     depends on the first step's gradients, so equal losses mean equal forward and backward."""
@@ -295,6 +296,7 @@ def test_early_stopping_follows_the_authors_rule():
     assert tie.update(0, 5.0, 5.0) == "ema" and tie.update(1, 6.0, 1.0) == "raw" and tie.update(2, 1.0, 1.0) is None
 
 
+@pytest.mark.slow
 def test_trainer_stops_early_and_exports_the_best(fashion_root, tmp_path, monkeypatch):
     """The trainer wiring, with scripted validation results: (raw, EMA) mAP per epoch as in the rule's test."""
     script = iter([10.0, 5.0, 20.0, 18.0, 15.0, 19.0, 15.0, 19.5, 15.0, 19.8, 15.0, 19.0])  # raw, ema, raw, …
@@ -364,6 +366,7 @@ def write_csv_dataset(folder: Path, n: int, seed: int, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_train_resume_and_eval(tmp_path, capsys):
     train_csv = write_csv_dataset(tmp_path, 8, 0, "train")
     val_csv = write_csv_dataset(tmp_path, 5, 1, "val")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 
+import needs
 import numpy as np
 import pytest
 import torch
@@ -70,6 +71,8 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 # -- overlay_attention / explain ----------------------------------------------------------------------------
+@needs.matplotlib
+@pytest.mark.slow
 def test_overlay_attention_array_and_dict(tiny, rgb_image, tmp_path):
     maps = attention_maps(tiny, rgb_image)[0]  # [20, h, w]
     fig = viz.overlay_attention(rgb_image, maps[:3], tiny.label_names[:3], scores=[0.9, 0.5, 0.1])
@@ -87,6 +90,7 @@ def test_overlay_attention_array_and_dict(tiny, rgb_image, tmp_path):
     assert png_size(tmp_path / "sub" / "b.png") == (1200, 600)
 
 
+@needs.matplotlib
 def test_overlay_upsamples_the_map_to_the_image(tmp_path):
     image = np.zeros((40, 60), np.uint8)  # grayscale arrays are accepted too
     peak = torch.zeros(1, 2, 2)
@@ -97,6 +101,7 @@ def test_overlay_upsamples_the_map_to_the_image(tmp_path):
     assert overlay[30:, :30].mean() > 3 * overlay[:20, 30:].mean()  # bottom-left bright, top-right dark
 
 
+@needs.matplotlib
 def test_overlay_bad_input(tiny, rgb_image):
     maps = torch.rand(3, 2, 2)
     with pytest.raises(ValueError, match="2 labels for 3 maps"):
@@ -107,6 +112,7 @@ def test_overlay_bad_input(tiny, rgb_image):
         viz.overlay_attention(rgb_image, maps)
 
 
+@needs.matplotlib
 def test_explain_top_k_follows_scores(tiny, rgb_image):
     with torch.no_grad():
         scores = torch.sigmoid(tiny(preprocess(rgb_image, tiny.pretrained_cfg)[None]))[0]
@@ -147,6 +153,7 @@ def test_cell_shares_split_attention_exactly():
     )
 
 
+@needs.fashion_mnist
 def test_attention_on_cell_maps_positions_to_the_right_cell(monkeypatch):
     """A model whose every query attends to the bright cells must score a share of 1 on the item's cell."""
     torch.manual_seed(0)
@@ -164,6 +171,7 @@ def test_attention_on_cell_maps_positions_to_the_right_cell(monkeypatch):
     assert res["n"] == 40 and res["chance"] == 0.25 and set(res["per_label"]) <= set(FASHION_LABELS)
 
 
+@needs.fashion_mnist
 def test_single_item_mosaics_hold_one_item():
     images, classes, cells = measure._single_item_mosaics(20, seed=1, split="test", root=None)
     src, src_labels = load_fashion_mnist("test")
@@ -179,6 +187,8 @@ def test_attention_on_cell_requires_fashion_labels(tiny):
         viz.attention_on_cell(tiny, n=4)
 
 
+@needs.fashion_mnist
+@pytest.mark.slow
 def test_packaged_model_attends_to_the_item():
     """The paper's claim, measured: the present label's query looks at the object (chance is 0.25)."""
     model = sadcl.create_model("sadcl_fashion_mosaic", pretrained=True)
@@ -218,6 +228,8 @@ def test_label_embeddings_bad_dataset(tiny):
         viz.label_embeddings(tiny, ds)
 
 
+@needs.sklearn
+@pytest.mark.slow
 def test_embed_2d_pca_and_tsne():
     rng = np.random.default_rng(0)
     plane = rng.normal(size=(50, 2)) * [5.0, 1.0]
@@ -235,6 +247,7 @@ def test_embed_2d_pca_and_tsne():
         viz.embed_2d(pts, method="umap")
 
 
+@needs.matplotlib
 def test_plot_embeddings_writes_a_png(tiny, tmp_path):
     targets = np.eye(20, dtype=np.float32)[[0, 1, 2, 0, 1, 5]]
     fig = viz.plot_embeddings(tiny, PairDataset(tiny, targets), n=6)
@@ -250,6 +263,7 @@ def test_plot_embeddings_writes_a_png(tiny, tmp_path):
 
 
 # -- the commands -------------------------------------------------------------------------------------------
+@needs.matplotlib
 def test_explain_command(tiny_checkpoint, rgb_image, tmp_path, capsys):
     out = tmp_path / "explain.png"
     base = ["explain", "--model", "sadcl_tiny", "--checkpoint", str(tiny_checkpoint), str(rgb_image)]
@@ -262,6 +276,7 @@ def test_explain_command(tiny_checkpoint, rgb_image, tmp_path, capsys):
     assert "'zebra'" in err and "valid labels: aeroplane" in err and not (tmp_path / "no.png").exists()
 
 
+@needs.matplotlib
 def test_plot_embeddings_command(tiny_checkpoint, tmp_path, capsys):
     rng = np.random.default_rng(0)
     rows = [("a.png", "dog|cat"), ("b.png", "person"), ("c.png", "dog")]
@@ -289,6 +304,8 @@ def test_plot_embeddings_command(tiny_checkpoint, tmp_path, capsys):
     assert png_size(out) == (800, 650) and "4 positive labels" in capsys.readouterr().out
 
 
+@needs.matplotlib
+@needs.fashion_mnist
 def test_plot_embeddings_command_on_mosaics(tmp_path, capsys):
     torch.manual_seed(0)
     model = sadcl.create_model("sadcl_fashion_mosaic")

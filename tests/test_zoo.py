@@ -221,6 +221,8 @@ def test_cache_dir_is_honoured(published_tiny, tmp_path):
     assert list((tmp_path / "elsewhere").glob("models--sadcl-test--sadcl_tiny/snapshots/*/model.safetensors"))
 
 
+@pytest.mark.network
+@pytest.mark.slow
 def test_hf_endpoint_mirror_in_a_fresh_process(published_tiny, tmp_path):
     """HF_ENDPOINT (a mirror) is read by huggingface_hub at import: check it in a new interpreter."""
     code = (
