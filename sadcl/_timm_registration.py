@@ -19,6 +19,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -94,8 +95,13 @@ def _stop_watching() -> None:
 
 def _register() -> None:
     _stop_watching()
-    if FACTORY not in sys.modules:
+    if FACTORY in sys.modules:
+        return
+    try:
         importlib.import_module(FACTORY)  # its import registers every variant with timm
+    except Exception as e:  # noqa: BLE001  a broken sadcl must not break `import timm` (or `import sadcl`)
+        # create_model raises the same error, in full, when it is used.
+        warnings.warn(f"sadcl could not register its models with timm: {type(e).__name__}: {e}", stacklevel=2)
 
 
 def register_when_timm_loads() -> None:

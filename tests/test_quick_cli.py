@@ -74,3 +74,16 @@ def test_timm_finds_the_variants_after_import_sadcl(imports):
         "print(type(m).__name__, m.num_classes, hooked)"
     )
     assert out == "SADCL 3 False"
+
+
+@pytest.mark.slow  # a fresh interpreter importing timm
+def test_a_failed_registration_warns_and_never_breaks_import_timm():
+    out = _run(
+        "import warnings, sys, sadcl, sadcl._timm_registration as reg\n"
+        "reg.FACTORY = 'sadcl.zoo.no_such_module'  # stands for a factory whose import fails\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import timm\n"
+        "print('timm' in sys.modules, [str(w.message) for w in caught if 'sadcl' in str(w.message)])"
+    )
+    assert out.startswith('True ["sadcl could not register its models with timm: ModuleNotFoundError: ')
