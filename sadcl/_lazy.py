@@ -7,6 +7,7 @@ read the variant table should not pay for torch and timm.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -15,11 +16,16 @@ def lazy_attributes(
     package: str, names: Mapping[str, str], namespace: dict[str, Any]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for ``package``: ``names`` maps a public name to the submodule (relative,
-    e.g. ``".zoo.factory"``) that owns it; the first access imports it and caches the value in ``namespace``."""
+    e.g. ``".zoo.factory"``) that owns it; the first access imports it and caches the value in ``namespace``.
+
+    A submodule is an attribute too (``import sadcl; sadcl.zoo.variants``), as when the package imported its
+    submodules eagerly: the first access imports it."""
 
     def __getattr__(name: str) -> Any:
         module = names.get(name)
         if module is None:
+            if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+                return importlib.import_module(f"{package}.{name}")  # the import sets the attribute
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module, package), name)
         namespace[name] = value  # later lookups are plain attribute reads

@@ -33,6 +33,16 @@ def test_light_commands_do_not_import_torch():
     assert _run(code) == "[0, 0, 0, 0, 0] []"
 
 
+def test_submodules_are_attributes_as_before():
+    # `import sadcl` used to import its subpackages; reaching them as attributes still works, on first use
+    out = _run(
+        "import sys, sadcl\n"
+        "print(sadcl.zoo.variants.__name__, sadcl.data.preprocessing.__name__, 'sadcl.zoo.factory' in sys.modules)"
+    )
+    assert out == "sadcl.zoo.variants sadcl.data.preprocessing False"
+    assert not hasattr(sadcl, "no_such_module") and not hasattr(sadcl.zoo, "_private")
+
+
 @pytest.mark.slow  # a fresh interpreter
 def test_import_sadcl_is_light_and_public_names_load_on_first_use():
     out = _run(
