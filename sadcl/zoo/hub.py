@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-import httpx2  # huggingface_hub's HTTP client (a dependency of huggingface_hub 1.x/2.x)
+import httpx2  # the HTTP client of huggingface_hub 2.x (1.x used httpx and leaves .incomplete blobs behind)
 
 from .weights import WeightsDownloadError, WeightsRecord, _cache_root, _sadcl_version
 
