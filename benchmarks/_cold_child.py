@@ -40,6 +40,7 @@ def main(variant: str, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
 
     import huggingface_hub
+
     from sadcl.zoo import factory, weights
 
     timers: dict[str, float] = defaultdict(float)

@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import _common
 import torch
 
-import _common
 import sadcl
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
 from sadcl.zoo.weights import save_safetensors

@@ -6,9 +6,9 @@ import errno
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 _TMP_HEX = 12  # hex digits of the random part of a temporary name: ``.NAME.<hex>.tmp``
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Union
 
 import torch
 from PIL import Image
@@ -14,8 +13,8 @@ from .data.images import ImageLoadError, load_image
 from .data.preprocessing import create_transform
 from .model import SADCL
 
-ImageInput = Union[str, os.PathLike, Image.Image]
-Images = Union[ImageInput, Sequence[ImageInput], torch.Tensor]
+ImageInput = str | os.PathLike | Image.Image
+Images = ImageInput | Sequence[ImageInput] | torch.Tensor
 
 
 def preprocess(image: ImageInput, pretrained_cfg: dict) -> torch.Tensor:

@@ -16,10 +16,9 @@ import re
 import stat
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -43,8 +42,8 @@ __all__ = [
     "unwrap_worker_errors",
 ]
 
-PathLike = Union[str, os.PathLike]
-LabelNames = Union[Sequence[str], PathLike]
+PathLike = str | os.PathLike
+LabelNames = Sequence[str] | PathLike
 Transform = Callable[[Image.Image], torch.Tensor]
 
 VOC_CLASSES: tuple[str, ...] = (

@@ -11,7 +11,6 @@ import os
 import struct
 import warnings
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -20,7 +19,7 @@ from .._files import not_regular_reason, open_regular
 
 __all__ = ["ImageLoadError", "load_image", "to_rgb", "check_image"]
 
-PathOrImage = Union[str, os.PathLike, Image.Image]
+PathOrImage = str | os.PathLike | Image.Image
 
 # Pillow modes holding one 16-bit (or wider integer) channel: PNG/TIFF 16-bit grayscale.
 _INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -137,7 +136,7 @@ def load_image(image: PathOrImage) -> Image.Image:
     return rgb
 
 
-def check_image(path: Union[str, os.PathLike]) -> Optional[str]:
+def check_image(path: str | os.PathLike) -> str | None:
     """Return None when `path` loads as an image, else the reason it does not (used by ``skip_bad``)."""
     try:
         load_image(path)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ FILL_P = 0.5  # probability that a cell holds an item
 _PREFIX = {"train": "train", "test": "t10k", "t10k": "t10k"}
 _MAGIC_IMAGES, _MAGIC_LABELS = 2051, 2049
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _split_prefix(split: str) -> str:

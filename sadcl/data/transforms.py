@@ -13,8 +13,7 @@ in each worker, so a seeded run reproduces its augmentations.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms as T

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # only for annotations: matplotlib stays optional
 
 __all__ = ["explain", "overlay_attention", "plot_embeddings", "save_figure"]
 
-MapInput = Union[torch.Tensor, np.ndarray, Mapping[str, Any]]
+MapInput = torch.Tensor | np.ndarray | Mapping[str, Any]
 PANEL_INCHES = 3.0  # side of one attention panel
 EMBED_INCHES = (8.0, 6.5)
 

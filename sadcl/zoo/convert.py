@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -46,7 +46,7 @@ __all__ = [
     "read_checkpoint",
 ]
 
-Checkpoint = Union[str, os.PathLike, Mapping[str, Any]]
+Checkpoint = str | os.PathLike | Mapping[str, Any]
 
 # Keys of the authors' models that are not parameters of the network: why each one is dropped.
 _DROPPED = {
@@ -410,8 +410,8 @@ def convert_checkpoint(
     Returns:
         ``{"path", "sha256", "size", "report"}``: what to put in ``weights.json`` and the conversion report.
     """
-    from .loading import checkpoint_metadata, export_state_dict
     from .factory import create_model
+    from .loading import checkpoint_metadata, export_state_dict
     from .weights import save_safetensors
 
     # Read (and refuse) the file before building the model: a bad file fails in milliseconds, not after a
