@@ -5,6 +5,7 @@ its steps (Hub cache lookup, sha256 verification, safetensors read, ``load_state
 the randomly initialised network), then the first and second ``sadcl.predict`` on one random image.
 Prints one JSON line. Only the standard library is imported before the clock starts.
 """
+
 from __future__ import annotations
 
 import json

@@ -12,6 +12,7 @@ not the point). Then, alternating, for each model: a child after deleting sadcl'
 a lookup). Each child is ``_cold_child.py``; the file stays in the OS page cache between children, as on
 a machine that used the model recently.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,18 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from hubserver import EMPTY_AGENT_REGISTRY, FakeHub  # noqa: E402  (a test helper: the loopback Hub)
 
 REPO_ORG = "sadcl-bench"
-PHASES = ("import_sadcl_total_s", "create_model_s", "build_network_s", "hub_cache_lookup_s", "sha256_verify_s",
-          "read_safetensors_s", "load_state_dict_s", "first_predict_s", "second_predict_s",
-          "time_to_first_prediction_s")
+PHASES = (
+    "import_sadcl_total_s",
+    "create_model_s",
+    "build_network_s",
+    "hub_cache_lookup_s",
+    "sha256_verify_s",
+    "read_safetensors_s",
+    "load_state_dict_s",
+    "first_predict_s",
+    "second_predict_s",
+    "time_to_first_prediction_s",
+)
 
 
 def small_model_name() -> str:
@@ -54,8 +64,14 @@ def publish(hub: FakeHub, variant: str, workdir: Path) -> dict[str, Any]:
     data = path.read_bytes()
     commit = hub.add_file(f"{REPO_ORG}/{variant}", "model.safetensors", data)
     path.unlink()
-    return {"hf_hub_id": f"{REPO_ORG}/{variant}", "filename": "model.safetensors", "revision": commit,
-            "sha256": sha, "size": len(data), "file": None}
+    return {
+        "hf_hub_id": f"{REPO_ORG}/{variant}",
+        "filename": "model.safetensors",
+        "revision": commit,
+        "sha256": sha,
+        "size": len(data),
+        "file": None,
+    }
 
 
 def child_env(hub: FakeHub, workdir: Path, table: Path) -> dict[str, str]:
@@ -64,15 +80,28 @@ def child_env(hub: FakeHub, workdir: Path, table: Path) -> dict[str, str]:
     home.mkdir(exist_ok=True)
     (home / ".agent_harnesses.json").write_text(json.dumps(EMPTY_AGENT_REGISTRY))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_HUB_CACHE=str(workdir / "hf-cache"),
-               HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", SADCL_WEIGHTS_JSON=str(table))
+    env.update(
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(home),
+        HF_HUB_CACHE=str(workdir / "hf-cache"),
+        HF_HUB_OFFLINE="0",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        SADCL_WEIGHTS_JSON=str(table),
+    )
     return env
 
 
 def run_child(variant: str, threads: int, env: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(HERE / "_cold_child.py"), variant, str(threads)], env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "_cold_child.py"), variant, str(threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"cold-start child for {variant} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -93,8 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
         env = child_env(hub, workdir, table)
         cache = Path(env["HF_HUB_CACHE"])
         report["models"] = {v: {"checkpoint_bytes": r["size"]} for v, r in records.items()}
-        runs: dict[str, dict[str, list[dict]]] = {v: {"download": [], "first_verification": [],
-                                                      "remembered_verification": []} for v in variants}
+        runs: dict[str, dict[str, list[dict]]] = {
+            v: {"download": [], "first_verification": [], "remembered_verification": []} for v in variants
+        }
         for v in variants:  # fills the cache (and the verification index)
             runs[v]["download"].append(run_child(v, threads, env))
         for r in range(rounds):
@@ -121,14 +151,25 @@ def main(argv: list[str] | None = None) -> dict:
         report["results"][v] = res
         for mode in ("first_verification", "remembered_verification"):
             m = res[mode]
-            rows.append({"model": v, "verification": mode.split("_")[0], "import": m["import_sadcl_total_s"],
-                         "create": m["create_model_s"], "build": m["build_network_s"],
-                         "sha256": m["sha256_verify_s"], "read+load": m["read_safetensors_s"] + m["load_state_dict_s"],
-                         "1st predict": m["first_predict_s"], "to 1st pred": m["time_to_first_prediction_s"]})
+            rows.append(
+                {
+                    "model": v,
+                    "verification": mode.split("_")[0],
+                    "import": m["import_sadcl_total_s"],
+                    "create": m["create_model_s"],
+                    "build": m["build_network_s"],
+                    "sha256": m["sha256_verify_s"],
+                    "read+load": m["read_safetensors_s"] + m["load_state_dict_s"],
+                    "1st predict": m["first_predict_s"],
+                    "to 1st pred": m["time_to_first_prediction_s"],
+                }
+            )
     report["hub_requests_total"] = n_requests
     _common.write_json(args.out, report)
-    _common.print_table(rows, ["model", "verification", "import", "create", "build", "sha256", "read+load",
-                               "1st predict", "to 1st pred"])
+    _common.print_table(
+        rows,
+        ["model", "verification", "import", "create", "build", "sha256", "read+load", "1st predict", "to 1st pred"],
+    )
     print(f"seconds, medians of {rounds} fresh processes each; threads={threads}  results: {args.out}")
     return report
 

@@ -5,6 +5,7 @@ Opening a FIFO blocks until a writer appears (forever, if none does), a characte
 Every reader of untrusted files (images, checkpoints) therefore asks `regular_file` first, which only
 ``stat``s the path and never opens it.
 """
+
 from __future__ import annotations
 
 import errno

@@ -3,6 +3,7 @@
 Each case asserts the exit code (CLI) or the error type (API), one line naming the file, and that nothing
 else in the folder changed. docs/SECURITY.md ("Model files and images") lists every case and its test.
 """
+
 from __future__ import annotations
 
 import io
@@ -177,12 +178,15 @@ def test_special_file_named_as_image_is_refused(make_special, kind: str) -> None
         load_image(path)
 
 
-@pytest.mark.parametrize("name,content,reason", [
-    ("zero.png", b"", "not a recognised image file"),
-    ("text.png", b"hello, I am text\n", "not a recognised image file"),
-    ("cut.png", png_bytes((64, 64))[:60], ""),
-    ("garbage.jpg", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, ""),
-])
+@pytest.mark.parametrize(
+    "name,content,reason",
+    [
+        ("zero.png", b"", "not a recognised image file"),
+        ("text.png", b"hello, I am text\n", "not a recognised image file"),
+        ("cut.png", png_bytes((64, 64))[:60], ""),
+        ("garbage.jpg", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, ""),
+    ],
+)
 def test_damaged_image_is_one_image_load_error(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
     path = tmp_path / name
     path.write_bytes(content)
@@ -197,13 +201,17 @@ def test_valid_image_with_the_wrong_extension_still_loads(tmp_path: Path) -> Non
     assert out.mode == "RGB" and out.size == (5, 3) and np.asarray(out).max() == 7
 
 
-@pytest.mark.parametrize("side,pillow_checks", [
-    (40, True),  # 1600 px: Pillow only warns
-    (100, True),  # 10000 px: Pillow refuses
-    (40, False),  # Pillow's own check not run (e.g. its warning filtered by another thread): sadcl's still is
-])
-def test_decompression_bomb_image_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             side: int, pillow_checks: bool) -> None:
+@pytest.mark.parametrize(
+    "side,pillow_checks",
+    [
+        (40, True),  # 1600 px: Pillow only warns
+        (100, True),  # 10000 px: Pillow refuses
+        (40, False),  # Pillow's own check not run (e.g. its warning filtered by another thread): sadcl's still is
+    ],
+)
+def test_decompression_bomb_image_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: int, pillow_checks: bool
+) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(png_bytes((side, side), "1"))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the limit users raise or lower; default ~89 Mpx
@@ -211,16 +219,19 @@ def test_decompression_bomb_image_is_refused_before_decoding(tmp_path: Path, mon
         monkeypatch.setattr(Image, "_decompression_bomb_check", lambda size: None)
     decoded = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self))  # spy: never reached
-    with pytest.raises(ImageLoadError, match=r"bomb.png: it declares more pixels than PIL.Image.MAX_IMAGE_PIXELS "
-                                             r"\(1000\), possibly a decompression bomb"):
+    with pytest.raises(
+        ImageLoadError,
+        match=r"bomb.png: it declares more pixels than PIL.Image.MAX_IMAGE_PIXELS "
+        r"\(1000\), possibly a decompression bomb",
+    ):
         load_image(path)
     assert decoded == []
 
 
 @pytest.mark.parametrize("case", ["FIFO", "zero-byte", "bomb", "symbolic link loop"])
-def test_cli_predict_refuses_a_bad_image_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch, unblock_after,
-                                                       case: str) -> None:
+def test_cli_predict_refuses_a_bad_image_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, unblock_after, case: str
+) -> None:
     path = tmp_path / "bad.png"
     if case == "FIFO":
         os.mkfifo(path)
@@ -235,8 +246,12 @@ def test_cli_predict_refuses_a_bad_image_with_one_line(tmp_path: Path, capsys: p
     before = tree(tmp_path)
     assert main(["predict", str(path)]) == 2  # the default, shipped model
     line = one_error_line(capsys, "predict", str(path))
-    assert {"FIFO": "FIFO", "zero-byte": "not a recognised image", "bomb": "decompression bomb",
-            "symbolic link loop": "symbolic link loop"}[case] in line
+    assert {
+        "FIFO": "FIFO",
+        "zero-byte": "not a recognised image",
+        "bomb": "decompression bomb",
+        "symbolic link loop": "symbolic link loop",
+    }[case] in line
     assert tree(tmp_path) == before
 
 
@@ -253,15 +268,22 @@ def test_garbage_pickle_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("name,content,hint", [
-    ("text.jpg", b"hello\n", "it starts like text"),  # `error: 101` before (KeyError of the unpickler)
-    ("photo.pth", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "it starts like a JPEG image"),
-    ("empty.pth", b"", "the file is empty"),
-    ("model.pth", safetensors_file({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)),
-     "it starts like a safetensors file: give it the .safetensors suffix"),
-])
-def test_not_a_checkpoint_says_what_it_looks_like(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                  name: str, content: bytes, hint: str) -> None:
+@pytest.mark.parametrize(
+    "name,content,hint",
+    [
+        ("text.jpg", b"hello\n", "it starts like text"),  # `error: 101` before (KeyError of the unpickler)
+        ("photo.pth", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "it starts like a JPEG image"),
+        ("empty.pth", b"", "the file is empty"),
+        (
+            "model.pth",
+            safetensors_file({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)),
+            "it starts like a safetensors file: give it the .safetensors suffix",
+        ),
+    ],
+)
+def test_not_a_checkpoint_says_what_it_looks_like(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: bytes, hint: str
+) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     before = tree(tmp_path)
@@ -271,8 +293,9 @@ def test_not_a_checkpoint_says_what_it_looks_like(tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.parametrize("damage", ["truncated zip", "zip without records", "damaged pickle", "pickle of a list"])
-def test_damaged_pth_is_one_checkpoint_file_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                  damage: str) -> None:
+def test_damaged_pth_is_one_checkpoint_file_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
     path = tmp_path / "damaged.pth"
     buf = io.BytesIO()
     torch.save({"state_dict": {"w": torch.arange(100.0)}}, buf)
@@ -291,16 +314,21 @@ def test_damaged_pth_is_one_checkpoint_file_error(tmp_path: Path, capsys: pytest
     assert tree(tmp_path) == before
 
 
-def test_zip_bomb_is_refused_before_anything_is_decompressed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_zip_bomb_is_refused_before_anything_is_decompressed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "bomb.pth"
     zip_bomb(path, 64 << 20)  # 64 MiB of zeros in ~65 KB (a 2 MB file would declare ~2 GB the same way)
     assert path.stat().st_size < 200_000
     loaded = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: loaded.append(a))  # spy: must never be reached
     declared = (64 << 20) + len(pickle.dumps({}, protocol=2))
-    with pytest.raises(CheckpointFileError, match=re.escape(f"{path} declares {declared} bytes of content in a "
-                                                            f"{path.stat().st_size}-byte archive: a zip bomb")):
+    with pytest.raises(
+        CheckpointFileError,
+        match=re.escape(
+            f"{path} declares {declared} bytes of content in a {path.stat().st_size}-byte archive: a zip bomb"
+        ),
+    ):
         read_checkpoint(path)
     before = tree(tmp_path)
     assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 2
@@ -308,16 +336,20 @@ def test_zip_bomb_is_refused_before_anything_is_decompressed(tmp_path: Path, mon
     assert tree(tmp_path) == before and loaded == []
 
 
-def test_checkpoint_size_limit_keyword_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_size_limit_keyword_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     zipped, legacy = tmp_path / "zipped.pth", tmp_path / "legacy.pth"
     state = {"w": torch.arange(1000.0)}  # 4000 bytes of tensor data
     torch.save(state, zipped)
     torch.save(state, legacy, _use_new_zipfile_serialization=False)
     for path in (zipped, legacy):
         assert torch.equal(read_checkpoint(path)["w"], state["w"])  # both formats still load
-        with pytest.raises(CheckpointFileError, match=re.escape(str(path)) + r" holds \d+ bytes of tensors, more than "
-                           rf"the limit of 1000 bytes; .*set the environment variable {MAX_CHECKPOINT_BYTES_ENV}"):
+        with pytest.raises(
+            CheckpointFileError,
+            match=re.escape(str(path)) + r" holds \d+ bytes of tensors, more than "
+            rf"the limit of 1000 bytes; .*set the environment variable {MAX_CHECKPOINT_BYTES_ENV}",
+        ):
             read_checkpoint(path, max_bytes=1000)
     monkeypatch.setenv(MAX_CHECKPOINT_BYTES_ENV, "1000")
     before = tree(tmp_path)
@@ -350,12 +382,11 @@ def test_legacy_pickle_declaring_a_huge_storage_is_refused_without_using_it(tmp_
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_special_file_named_as_checkpoint_is_refused(make_special, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str], kind: str,
-                                                     suffix: str) -> None:
+def test_special_file_named_as_checkpoint_is_refused(
+    make_special, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, suffix: str
+) -> None:
     path = make_special(kind, "model" + suffix)
-    with pytest.raises(CheckpointFileError,
-                       match=re.escape(f"checkpoint file {path}: it is ") + f".*{kind}"):
+    with pytest.raises(CheckpointFileError, match=re.escape(f"checkpoint file {path}: it is ") + f".*{kind}"):
         read_checkpoint(path)
     before = tree(tmp_path)
     assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 2
@@ -375,8 +406,9 @@ def test_missing_checkpoint_and_output_onto_input(tmp_path: Path, capsys: pytest
     assert tree(tmp_path) == before
 
 
-def test_convert_refuses_an_existing_output_without_overwrite(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_refuses_an_existing_output_without_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import sadcl
 
     torch.manual_seed(0)
@@ -409,30 +441,44 @@ def test_hostile_key_names_are_escaped_in_the_report(tmp_path: Path) -> None:
 _TENSOR = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
 
 
-@pytest.mark.parametrize("name,content,reason", [
-    ("short", b"\x01\x00", "shorter than the 8-byte header length"),
-    ("huge_header_length", struct.pack("<Q", 1 << 62) + b"{}", "header length says 4611686018427387904 bytes"),
-    ("header_past_end", struct.pack("<Q", 80) + b'{"w": 1}', "more than the 8 bytes that follow it"),
-    ("garbage", b"PK\x03\x04 this is a zip file, not safetensors", "header length says"),
-    ("huge_shape", safetensors_file({"w": {**_TENSOR, "shape": [1 << 40, 1 << 30]}}, bytes(4)), "overflow"),
-    ("shape_beyond_data", safetensors_file({"w": {**_TENSOR, "shape": [300_000_000],
-                                                  "data_offsets": [0, 1_200_000_000]}}, bytes(4)), "not fully covered"),
-    ("truncated_data", safetensors_file({"w": {**_TENSOR, "shape": [4], "data_offsets": [0, 16]}}, bytes(9)),
-     "not fully covered"),
-    ("metadata_int", safetensors_file({"__metadata__": {"epoch": 3}, "w": _TENSOR}, bytes(4)), "expected a string"),
-    ("metadata_list", safetensors_file({"__metadata__": [1], "w": _TENSOR}, bytes(4)), "expected a map"),
-    ("header_list", safetensors_file([1, 2]), "invalid type: sequence"),
-    ("entry_string", safetensors_file({"w": "x"}), 'invalid type: string "x"'),
-    ("negative_shape", safetensors_file({"w": {**_TENSOR, "shape": [-1]}}, bytes(4)), "expected usize"),
-    ("unknown_dtype", safetensors_file({"w": {**_TENSOR, "dtype": "XX"}}, bytes(4)), "unknown variant `XX`"),
-    ("overlapping", safetensors_file({"a": _TENSOR, "b": _TENSOR}, bytes(4)), "invalid offset"),
-    ("duplicate_key", safetensors_file(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
-                                       b'"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', bytes(8)),
-     "invalid offset"),
-    ("not_utf8", safetensors_file(b'{"\xff": 1}'), "invalid UTF-8"),
-])
-def test_bad_safetensors_is_one_checkpoint_file_error(tmp_path: Path, name: str, content: bytes,
-                                                      reason: str) -> None:
+@pytest.mark.parametrize(
+    "name,content,reason",
+    [
+        ("short", b"\x01\x00", "shorter than the 8-byte header length"),
+        ("huge_header_length", struct.pack("<Q", 1 << 62) + b"{}", "header length says 4611686018427387904 bytes"),
+        ("header_past_end", struct.pack("<Q", 80) + b'{"w": 1}', "more than the 8 bytes that follow it"),
+        ("garbage", b"PK\x03\x04 this is a zip file, not safetensors", "header length says"),
+        ("huge_shape", safetensors_file({"w": {**_TENSOR, "shape": [1 << 40, 1 << 30]}}, bytes(4)), "overflow"),
+        (
+            "shape_beyond_data",
+            safetensors_file({"w": {**_TENSOR, "shape": [300_000_000], "data_offsets": [0, 1_200_000_000]}}, bytes(4)),
+            "not fully covered",
+        ),
+        (
+            "truncated_data",
+            safetensors_file({"w": {**_TENSOR, "shape": [4], "data_offsets": [0, 16]}}, bytes(9)),
+            "not fully covered",
+        ),
+        ("metadata_int", safetensors_file({"__metadata__": {"epoch": 3}, "w": _TENSOR}, bytes(4)), "expected a string"),
+        ("metadata_list", safetensors_file({"__metadata__": [1], "w": _TENSOR}, bytes(4)), "expected a map"),
+        ("header_list", safetensors_file([1, 2]), "invalid type: sequence"),
+        ("entry_string", safetensors_file({"w": "x"}), 'invalid type: string "x"'),
+        ("negative_shape", safetensors_file({"w": {**_TENSOR, "shape": [-1]}}, bytes(4)), "expected usize"),
+        ("unknown_dtype", safetensors_file({"w": {**_TENSOR, "dtype": "XX"}}, bytes(4)), "unknown variant `XX`"),
+        ("overlapping", safetensors_file({"a": _TENSOR, "b": _TENSOR}, bytes(4)), "invalid offset"),
+        (
+            "duplicate_key",
+            safetensors_file(
+                b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+                b'"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}',
+                bytes(8),
+            ),
+            "invalid offset",
+        ),
+        ("not_utf8", safetensors_file(b'{"\xff": 1}'), "invalid UTF-8"),
+    ],
+)
+def test_bad_safetensors_is_one_checkpoint_file_error(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
     path = tmp_path / f"{name}.safetensors"
     path.write_bytes(content)
     before = tree(tmp_path)
@@ -454,8 +500,7 @@ def test_valid_safetensors_still_reads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", struct.pack("<Q", 1 << 62) + b"{}"])
-def test_cli_predict_with_a_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                           content: bytes) -> None:
+def test_cli_predict_with_a_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes) -> None:
     bad, image = tmp_path / "bad.safetensors", tmp_path / "im.png"
     bad.write_bytes(content)
     image.write_bytes(png_bytes())
@@ -466,8 +511,9 @@ def test_cli_predict_with_a_bad_checkpoint(tmp_path: Path, capsys: pytest.Captur
     assert tree(tmp_path) == before
 
 
-def test_fifo_checkpoint_does_not_hang_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                               unblock_after) -> None:
+def test_fifo_checkpoint_does_not_hang_predict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], unblock_after
+) -> None:
     fifo, image = tmp_path / "fifo.safetensors", tmp_path / "im.png"
     os.mkfifo(fifo)
     image.write_bytes(png_bytes())
@@ -482,8 +528,9 @@ def test_fifo_checkpoint_does_not_hang_predict(tmp_path: Path, capsys: pytest.Ca
 def test_console_script_prints_one_line_for_the_garbage_pickle(tmp_path: Path) -> None:
     path = tmp_path / "x.pth"
     path.write_bytes(b"\x87.")
-    out = subprocess.run(["sadcl", "convert", str(path), str(tmp_path / "o.safetensors")], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        ["sadcl", "convert", str(path), str(tmp_path / "o.safetensors")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and str(path) in out.stderr and "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pth"]

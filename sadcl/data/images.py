@@ -5,6 +5,7 @@ phone pictures whose pixels are stored sideways with an EXIF orientation tag. `l
 into the upright 8-bit RGB image the network was trained on, and a file that cannot be read fails loudly
 with `ImageLoadError`, naming the file, instead of silently becoming a wrong training sample.
 """
+
 from __future__ import annotations
 
 import os

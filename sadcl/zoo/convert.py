@@ -17,6 +17,7 @@ group-wise linear head) maps one to one.
 Pickled checkpoints are read with ``torch.load(weights_only=True)`` only: a file that needs arbitrary
 Python classes is refused, never loaded unsafely.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,8 +103,12 @@ class ConversionReport:
         if self.dropped:
             reasons = "; ".join(f"{k} ({why})" for k, why in self.dropped.items())
             lines.append(f"  dropped ({len(self.dropped)}): {reasons}")
-        for title, keys in (("left at initialisation", self.initialised), ("unmapped checkpoint keys", self.unexpected),
-                            ("missing model keys", self.missing), ("shape mismatches", self.mismatched)):
+        for title, keys in (
+            ("left at initialisation", self.initialised),
+            ("unmapped checkpoint keys", self.unexpected),
+            ("missing model keys", self.missing),
+            ("shape mismatches", self.mismatched),
+        ):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): {', '.join(printable(k) for k in keys)}")
         lines.extend(f"  note: {n}" for n in self.notes)
@@ -201,8 +206,13 @@ def _looks_like(head: bytes, size: int) -> str:
     """A few words on what a file that is not a checkpoint seems to be, for the error message."""
     if size == 0:
         return "the file is empty"
-    for magic, kind in ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
-                        (b"\x1f\x8b", "gzip data"), (b"%PDF", "a PDF document")):
+    for magic, kind in (
+        (b"\xff\xd8\xff", "a JPEG image"),
+        (b"\x89PNG", "a PNG image"),
+        (b"GIF8", "a GIF image"),
+        (b"\x1f\x8b", "gzip data"),
+        (b"%PDF", "a PDF document"),
+    ):
         if head.startswith(magic):
             return f"it starts like {kind}"
     if len(head) > 8 and head[8:9] == b"{":
@@ -232,8 +242,7 @@ def _torch_load(f: Any, path: Path) -> Mapping[str, Any]:
         ) from None
     except Exception as e:  # noqa: BLE001 - damaged bytes fail inside the unpickler as IndexError, KeyError …
         raise CheckpointFileError(
-            f"{path} is not a readable PyTorch checkpoint ({_first_line(e)}); "
-            "it may be truncated or of another format."
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(e)}); it may be truncated or of another format."
         ) from e
 
 
@@ -285,7 +294,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SADCL | 
         if key in _DROPPED or key.endswith("num_batches_tracked"):
             continue
         if key.startswith("backbone.0.body."):
-            key = "backbone." + key[len("backbone.0.body."):]
+            key = "backbone." + key[len("backbone.0.body.") :]
         elif key == "prototype":
             key = "prototypes"
             if value.dim() == 3 and value.shape[0] == 1:  # the authors keep a leading batch axis of 1
@@ -331,14 +340,17 @@ def _read(checkpoint: Checkpoint) -> tuple[Any, str]:
     return checkpoint, "<mapping>"
 
 
-def _load_into(model: SADCL, state_dict: dict[str, torch.Tensor], extras: dict[str, Any], source: str, *,
-               strict: bool) -> ConversionReport:
+def _load_into(
+    model: SADCL, state_dict: dict[str, torch.Tensor], extras: dict[str, Any], source: str, *, strict: bool
+) -> ConversionReport:
     """:func:`load_official_checkpoint` of an unwrapped checkpoint; ``source`` names it in messages."""
     report = ConversionReport(source=source, extras=extras, dropped=_dropped_keys(state_dict))
     pe = next((v for k, v in state_dict.items() if _MODULE_PREFIX.sub("", k) == "backbone.1.pe"), None)
     if pe is not None and pe.dim() == 4:
-        report.notes.append(f"position buffer was made for a {pe.shape[-2]}x{pe.shape[-1]} feature map "
-                            f"(input {pe.shape[-2] * 32} px at stride 32); recomputed for every input size")
+        report.notes.append(
+            f"position buffer was made for a {pe.shape[-2]}x{pe.shape[-1]} feature map "
+            f"(input {pe.shape[-2] * 32} px at stride 32); recomputed for every input size"
+        )
 
     mapped = checkpoint_filter_fn(state_dict, model)
     expected = model.state_dict()
@@ -372,22 +384,29 @@ def _load_into(model: SADCL, state_dict: dict[str, torch.Tensor], extras: dict[s
             f"{source}: Query2Label checkpoint (no projection head, no prototypes): "
             f"{', '.join(_SADCL_ONLY_PREFIXES)} keep their initialisation. Recompute the prototypes "
             "(sadcl.train.memory) and train before using the contrastive losses.",
-            OfficialCheckpointWarning, stacklevel=3,
+            OfficialCheckpointWarning,
+            stacklevel=3,
         )
     return report
 
 
 def _mismatch_message(model: SADCL, report: ConversionReport) -> str:
-    lines = [f"Cannot map {report.source} ({report.kind} layout) onto SADCL({model.config['backbone']!r}, "
-             f"hidden_dim={model.config['hidden_dim']}, num_classes={model.num_classes}):"]
-    for title, keys in (("checkpoint keys with no model key", report.unexpected),
-                        ("model keys missing from the checkpoint", report.missing),
-                        ("shape mismatches", report.mismatched)):
+    lines = [
+        f"Cannot map {report.source} ({report.kind} layout) onto SADCL({model.config['backbone']!r}, "
+        f"hidden_dim={model.config['hidden_dim']}, num_classes={model.num_classes}):"
+    ]
+    for title, keys in (
+        ("checkpoint keys with no model key", report.unexpected),
+        ("model keys missing from the checkpoint", report.missing),
+        ("shape mismatches", report.mismatched),
+    ):
         if keys:
             lines.append(f"  {title} ({len(keys)}): {', '.join(keys)}")
-    lines.append("Build the model with the checkpoint's architecture (backbone, hidden_dim, ffn_dim, num_heads, "
-                 "layers, num_classes; input_proj.* exists only when hidden_dim differs from the backbone's "
-                 "channels), or pass strict=False to load what matches.")
+    lines.append(
+        "Build the model with the checkpoint's architecture (backbone, hidden_dim, ffn_dim, num_heads, "
+        "layers, num_classes; input_proj.* exists only when hidden_dim differs from the backbone's "
+        "channels), or pass strict=False to load what matches."
+    )
     return "\n".join(lines)
 
 

@@ -113,8 +113,17 @@ def export_model(
     before = {p.name for p in out.iterdir()} if out.is_dir() else set()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _write_export(model, out, previous, metrics=metrics, metrics_source=metrics_source, recipe=recipe,
-                             repo_id=repo_id, license=license, onnx=onnx)
+        return _write_export(
+            model,
+            out,
+            previous,
+            metrics=metrics,
+            metrics_source=metrics_source,
+            recipe=recipe,
+            repo_id=repo_id,
+            license=license,
+            onnx=onnx,
+        )
     except BaseException:
         # Nothing half-done stays behind: the files this call created go (each was written atomically, so
         # no temporary is left either), and the folder too when this call made it.
