@@ -207,6 +207,7 @@ def test_timm_preprocessing_is_sadcls(journey):
         assert torch.allclose(a, b, atol=1e-6), p.name
 
 
+@needs.onnx  # the journey ends in ONNX Runtime
 def test_export_push_and_load_elsewhere(journey, capsys, hub_uploads, tmp_path):
     ref, labels, best, photos = journey["reference"], journey["labels"], journey["best"], journey["photos"]
     out = tmp_path / "export"
