@@ -107,9 +107,15 @@ def test_bench_inference(tmp_path, one_thread):
         assert r["flops_per_forward"]["total"] > 0 and r["matmul_gflops"]["median_s"] > 0
         assert {"eager_nchw", "predict", "eager_channels_last"} <= set(r["contenders"])
         assert r["notes"]["predict_max_abs_diff_vs_eager_nchw"] < 1e-4
+        base = r["contenders"]["eager_nchw"]["time"]["median_s"]
         for c in r["contenders"].values():
-            assert c["share_of_matmul_rate"] > 0 and c["seconds_per_image"] > 0
-    assert isinstance(data["results"][-1]["target"]["met"], bool)
+            t = c["time"]
+            assert 0 < t["min_s"] <= t["median_s"] <= t["max_s"] and c["share_of_matmul_rate"] > 0
+            assert_ratio(c["seconds_per_image"], t["median_s"], r["batch"])
+            assert_ratio(c["speedup_vs_eager_nchw"], base, t["median_s"])
+    last = data["results"][-1]
+    target = last["target"]
+    assert target["met"] == (last["contenders"]["predict"]["share_of_matmul_rate"] >= target["predict_share_min"])
     assert data["small_model"]["images_per_s"] > 0
 
 
