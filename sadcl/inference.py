@@ -130,12 +130,7 @@ def predict_scores(
 
 
 def _scores(
-    model: SADCL,
-    images: Images,
-    batch_size: int,
-    device: str | torch.device | None,
-    progress: bool,
-    skip_bad: bool,
+    model: SADCL, images: Images, batch_size: int, device: str | torch.device | None, progress: bool, skip_bad: bool
 ) -> tuple[torch.Tensor, list[int]]:
     """Probabilities ``[K, C]`` of the ``K`` images that loaded, and their input indices."""
     if batch_size < 1:

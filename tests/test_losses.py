@@ -8,12 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sadcl.train.losses import (
-    AsymmetricLoss,
-    PrototypeContrastiveLoss,
-    SADCLCriterion,
-    SampleContrastiveLoss,
-)
+from sadcl.train.losses import AsymmetricLoss, PrototypeContrastiveLoss, SADCLCriterion, SampleContrastiveLoss
 
 DT = torch.float64
 

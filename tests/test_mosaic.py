@@ -14,14 +14,7 @@ import pytest
 import torch
 from fakedata import write_idx
 
-from sadcl.data import (
-    FASHION_LABELS,
-    CSVDataset,
-    MosaicDataset,
-    load_fashion_mnist,
-    make_mosaics,
-    write_mosaics,
-)
+from sadcl.data import FASHION_LABELS, CSVDataset, MosaicDataset, load_fashion_mnist, make_mosaics, write_mosaics
 
 N_TRAIN, N_TEST = 50, 30
 

@@ -374,11 +374,7 @@ class CocoDataset(MultiLabelDataset):
     """
 
     def __init__(
-        self,
-        instances_json: PathLike,
-        image_dir: PathLike,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, instances_json: PathLike, image_dir: PathLike, transform: Transform | None = None, skip_bad: bool = False
     ) -> None:
         instances_json = Path(instances_json)
         if not instances_json.is_file():

@@ -61,11 +61,7 @@ def _mib(n: int) -> str:
 
 
 def fetch_bytes(
-    url: str,
-    *,
-    max_bytes: int | None = None,
-    deadline: float | None = None,
-    timeout: tuple[float, float] | None = None,
+    url: str, *, max_bytes: int | None = None, deadline: float | None = None, timeout: tuple[float, float] | None = None
 ) -> bytes:
     """The body of ``url`` (http/https only), at most ``max_bytes`` long, within ``deadline`` seconds.
 

@@ -143,13 +143,7 @@ class Transformer(nn.Module):
     """Encoder over the feature grid, then label queries decoded against it."""
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_dim: int,
-        num_encoder_layers: int,
-        num_decoder_layers: int,
-        dropout: float,
+        self, dim: int, num_heads: int, ffn_dim: int, num_encoder_layers: int, num_decoder_layers: int, dropout: float
     ) -> None:
         super().__init__()
         self.encoder = Encoder(EncoderLayer(dim, num_heads, ffn_dim, dropout), num_encoder_layers)

@@ -35,13 +35,7 @@ from .header import HeaderError, validate_config
 from .hub import PublishError, export_manifest, push_to_hub
 from .loading import checkpoint_metadata, export_state_dict, header_for
 from .onnx_export import ONNX_NAME, export_onnx, require_onnx
-from .weights import (
-    CheckpointFileError,
-    ChecksumError,
-    save_safetensors,
-    sha256_file,
-    verify_file,
-)
+from .weights import CheckpointFileError, ChecksumError, save_safetensors, sha256_file, verify_file
 
 __all__ = [
     "CONFIG_NAME",

@@ -33,14 +33,7 @@ from ..model import CONSTRUCTOR_KEYS, SADCL
 from . import export as _export
 from .header import ARCHITECTURE_KEYS, WeightsHeader, canonical_json, parse_header
 from .loading import load_pretrained
-from .variants import (
-    VARIANTS,
-    check_name,
-    list_pretrained,
-    read_labels,
-    variant_pretrained_cfg,
-    weights_table,
-)
+from .variants import VARIANTS, check_name, list_pretrained, read_labels, variant_pretrained_cfg, weights_table
 from .weights import (
     CheckpointFileError,
     NoPretrainedWeightsError,

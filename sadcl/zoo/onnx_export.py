@@ -28,13 +28,7 @@ def require_onnx() -> None:
         raise ImportError("ONNX export needs the onnx package: pip install 'sadcl[onnx]'") from e
 
 
-def export_onnx(
-    model: SADCL,
-    path: str | os.PathLike,
-    *,
-    img_size: int | None = None,
-    opset: int = 17,
-) -> Path:
+def export_onnx(model: SADCL, path: str | os.PathLike, *, img_size: int | None = None, opset: int = 17) -> Path:
     """Export ``model``'s logits to ONNX: input ``images`` ``[batch, 3, S, S]``, output ``logits`` ``[batch, C]``.
 
     The batch dimension is dynamic; the image size is fixed (``img_size``, default the model's), because the

@@ -252,11 +252,7 @@ def _remember_in_index(index_path: Path, key: _VerifyKey) -> None:
 
 
 def verify_file(
-    path: str | os.PathLike[str],
-    sha256: str,
-    size: int,
-    *,
-    index_dir: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str], sha256: str, size: int, *, index_dir: str | os.PathLike[str] | None = None
 ) -> None:
     """Check that ``path`` has ``size`` bytes and hashes to ``sha256``; raise :class:`ChecksumError` if not.
 
@@ -317,10 +313,7 @@ def _evict(pointer: Path, repo_folder: Path) -> None:
 
 
 def download_checkpoint(
-    record: WeightsRecord,
-    *,
-    variant: str,
-    cache_dir: str | os.PathLike[str] | None = None,
+    record: WeightsRecord, *, variant: str, cache_dir: str | os.PathLike[str] | None = None
 ) -> Path:
     """Fetch (or find in the Hub cache) the checkpoint of ``record`` and verify its size and sha256.
 
@@ -486,9 +479,7 @@ def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def save_safetensors(
-    state_dict: Mapping[str, torch.Tensor],
-    path: str | os.PathLike[str],
-    metadata: Mapping[str, str] | None = None,
+    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
 ) -> str:
     """Write ``state_dict`` as safetensors atomically and deterministically; return the file's sha256.
 
