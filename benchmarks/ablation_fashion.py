@@ -33,7 +33,7 @@ from sadcl.data.mosaic import MosaicDataset
 from sadcl.data.transforms import eval_transform
 from sadcl.train import TrainConfig, Trainer, evaluate_model
 from sadcl.zoo.loading import load_pretrained
-from sadcl.zoo.weights import read_safetensors
+from sadcl.zoo.safetensors_io import read_safetensors
 
 ROWS = {  # name: (objective, loss weights, official SSCL)
     "baseline": ("asl", (1.0, 0.0, 0.0), False),

@@ -29,7 +29,7 @@ import torch
 
 import sadcl
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-from sadcl.zoo.weights import save_safetensors
+from sadcl.zoo.safetensors_io import save_safetensors
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))

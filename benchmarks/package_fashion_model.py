@@ -23,7 +23,7 @@ import sadcl
 from sadcl.data.mosaic import MosaicDataset
 from sadcl.data.transforms import eval_transform
 from sadcl.train import evaluate_model
-from sadcl.zoo.weights import read_safetensors, save_safetensors
+from sadcl.zoo.safetensors_io import read_safetensors, save_safetensors
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sadcl_fashion_mosaic"

@@ -14,7 +14,7 @@ from PIL import Image
 import sadcl
 from sadcl.cli import main
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-from sadcl.zoo.weights import save_safetensors
+from sadcl.zoo.safetensors_io import save_safetensors
 
 
 def run_cli(*args):

@@ -19,7 +19,8 @@ from sadcl.zoo.convert import (
     convert_checkpoint,
     load_official_checkpoint,
 )
-from sadcl.zoo.weights import CheckpointFileError, read_safetensors, sha256_file
+from sadcl.zoo.safetensors_io import read_safetensors
+from sadcl.zoo.weights import CheckpointFileError, sha256_file
 
 OFFICIAL_KEYS = Path(__file__).resolve().parent / "data" / "official_keys.txt"  # copy of shared/docs/official_keys.txt
 # test_resnet has 96 channels: hidden_dim 96 gives the authors' released layout (input_proj is Identity).

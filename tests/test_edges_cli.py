@@ -25,7 +25,7 @@ from sadcl.inference import ImageSkippedWarning, NonFiniteScoreWarning
 from sadcl.model import SADCL
 from sadcl.model.sadcl import resolve_labels
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-from sadcl.zoo.weights import save_safetensors
+from sadcl.zoo.safetensors_io import save_safetensors
 
 
 # -- helpers -------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from sadcl.cli import main
 from sadcl.data.images import ImageLoadError, load_image
 from sadcl.zoo import convert as convert_module
 from sadcl.zoo.convert import MAX_CHECKPOINT_BYTES_ENV, read_checkpoint
-from sadcl.zoo.weights import CheckpointFileError, read_safetensors
+from sadcl.zoo.safetensors_io import read_safetensors
+from sadcl.zoo.weights import CheckpointFileError
 
 KINDS = ["FIFO", "symbolic link loop", "character device", "directory", "socket"]
 

@@ -15,14 +15,8 @@ from sadcl.zoo.export import PublishError, export_model, push_to_hub
 from sadcl.zoo.factory import ModelSourceError, create_model, describe_source
 from sadcl.zoo.header import parse_header
 from sadcl.zoo.loading import HeadChangeWarning
-from sadcl.zoo.weights import (
-    CheckpointFileError,
-    ChecksumError,
-    WeightsDownloadError,
-    WeightsRecord,
-    read_safetensors,
-    sha256_file,
-)
+from sadcl.zoo.safetensors_io import read_safetensors
+from sadcl.zoo.weights import CheckpointFileError, ChecksumError, WeightsDownloadError, WeightsRecord, sha256_file
 
 load_exported = create_model  # an export folder, local-dir: or hf-hub: name is a source like any other
 
@@ -257,7 +251,7 @@ def test_push_needs_a_token_and_a_consistent_folder(hub_uploads, export_dir):
 def test_cli_export_and_push(hub_uploads, tmp_path, model, capsys):
     from sadcl.cli import main
     from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-    from sadcl.zoo.weights import save_safetensors
+    from sadcl.zoo.safetensors_io import save_safetensors
 
     checkpoint = tmp_path / "fine-tuned.safetensors"
     save_safetensors(export_state_dict(model), checkpoint, checkpoint_metadata(model))

@@ -14,9 +14,10 @@ from safetensors.torch import save
 import sadcl
 from sadcl.cli import main
 from sadcl.zoo.factory import ModelSourceError
-from sadcl.zoo.header import HeaderError, parse_header, serialize
+from sadcl.zoo.header import HeaderError, parse_header
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-from sadcl.zoo.weights import CheckpointFileError, read_safetensors, save_safetensors, sha256_file
+from sadcl.zoo.safetensors_io import read_safetensors, save_safetensors, serialize
+from sadcl.zoo.weights import CheckpointFileError, sha256_file
 
 TINY = dict(hidden_dim=32, ffn_dim=32, proj_dim=16)
 

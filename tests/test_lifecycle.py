@@ -134,7 +134,7 @@ def test_the_fine_tuned_model_describes_itself(journey):
     net = journey["net"]
     assert net.label_names == journey["labels"]
     assert net.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)  # the default model's normalisation, not ImageNet's
-    header = json.loads(sadcl.zoo.weights.read_safetensors(journey["best"])[1]["sadcl"])
+    header = json.loads(sadcl.zoo.safetensors_io.read_safetensors(journey["best"])[1]["sadcl"])
     assert header["config"]["label_names"] == journey["labels"]
     assert header["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and header["preprocessing"]["crop_mode"] == "squash"
     assert header["variant"] == "sadcl_fashion_mosaic" and header["sadcl_version"] == sadcl.__version__

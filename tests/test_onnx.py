@@ -12,7 +12,8 @@ import sadcl
 from sadcl.cli import main
 from sadcl.zoo.export import export_onnx
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-from sadcl.zoo.weights import save_safetensors, sha256_file
+from sadcl.zoo.safetensors_io import save_safetensors
+from sadcl.zoo.weights import sha256_file
 
 # The `onnx` extra (pip install 'sadcl[onnx]'): without it this module is skipped, the rest of the suite runs.
 onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'sadcl[onnx]'")

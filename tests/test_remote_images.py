@@ -131,7 +131,7 @@ def tiny(tmp_path):
     torch.manual_seed(0)
     model = sadcl.create_model("sadcl_tiny").eval()
     from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-    from sadcl.zoo.weights import save_safetensors
+    from sadcl.zoo.safetensors_io import save_safetensors
 
     path = tmp_path / "tiny.safetensors"
     save_safetensors(export_state_dict(model), path, checkpoint_metadata(model))

@@ -27,7 +27,7 @@ from sadcl.train.models import load_model
 from sadcl.train.options import config_from_options, data_specs
 from sadcl.train.trainer import NonFiniteLossError, Trainer, train
 from sadcl.zoo.loading import HeadChangeWarning
-from sadcl.zoo.weights import read_safetensors
+from sadcl.zoo.safetensors_io import read_safetensors
 
 pytestmark = pytest.mark.filterwarnings("ignore::sadcl.metrics.NoPositiveClassWarning")  # 7 val mosaics, 10 classes
 SIZE = 32

@@ -18,7 +18,7 @@ from sadcl.data.mosaic import FASHION_LABELS, ITEM, load_fashion_mnist
 from sadcl.inference import attention_maps, preprocess
 from sadcl.viz import measure
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-from sadcl.zoo.weights import save_safetensors
+from sadcl.zoo.safetensors_io import save_safetensors
 
 # save_figure writes at 100 dpi: an attention panel (3 in) is 300 px, an embedding plot (8 x 6.5 in) 800 x 650 px.
 # The packaged model measured 0.857 / 0.987 (n=300, seed 0; 0.863 / 0.979 on n=2000); chance is 0.25 / 0.25.

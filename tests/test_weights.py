@@ -19,6 +19,7 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError
 
+from sadcl.zoo import safetensors_io as ST
 from sadcl.zoo import weights as W
 from sadcl.zoo.weights import (
     CheckpointFileError,
@@ -44,7 +45,7 @@ def _fresh_verify_memo(monkeypatch: pytest.MonkeyPatch) -> None:
 def checkpoint_bytes(tmp_path: Path) -> bytes:
     """A small real safetensors checkpoint, with metadata."""
     path = tmp_path / "src" / "tiny.safetensors"
-    W.save_safetensors(
+    ST.save_safetensors(
         {"fc.weight": torch.arange(12.0).reshape(3, 4), "fc.bias": torch.ones(3)},
         path,
         {"variant": "tiny", "label_names": "cat,dog,bird"},
@@ -127,7 +128,7 @@ def test_download_happy_path(fake_hub, published, hf_cache: Path) -> None:
     sha = record.sha256
     assert fake_hub.requests == [("HEAD", _resolve_path(record)), ("GET", f"/lfs-blobs/{sha}")]
     assert fake_hub.request_headers[0]["user-agent"].startswith("sadcl/")
-    state_dict, metadata = W.read_safetensors(path)
+    state_dict, metadata = ST.read_safetensors(path)
     assert torch.equal(state_dict["fc.weight"], torch.arange(12.0).reshape(3, 4))
     assert metadata == {"variant": "tiny", "label_names": "cat,dog,bird"}
 
@@ -404,7 +405,7 @@ def test_weights_table_missing_file(tmp_path: Path) -> None:
 def test_user_checkpoint_path_wins_and_is_not_checked_against_the_record(fake_hub, published, tmp_path) -> None:
     record, _ = published
     mine = tmp_path / "finetuned.safetensors"
-    W.save_safetensors({"w": torch.zeros(2)}, mine)
+    ST.save_safetensors({"w": torch.zeros(2)}, mine)
     assert W.resolve_checkpoint(record, variant="tiny", checkpoint_path=mine) == mine
     assert W.resolve_checkpoint(None, variant="tiny", checkpoint_path=mine) == mine
     assert fake_hub.requests == []
@@ -452,12 +453,12 @@ def test_missing_packaged_checkpoint(fake_hub, published, tmp_path, monkeypatch)
 # ----------------------------------------------------------------------------- safetensors I/O
 def test_save_is_atomic_and_returns_sha256(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "out" / "ckpt.safetensors"
-    digest = W.save_safetensors({"a": torch.arange(6.0).reshape(2, 3).t()}, path, {"k": "v"})  # non-contiguous
+    digest = ST.save_safetensors({"a": torch.arange(6.0).reshape(2, 3).t()}, path, {"k": "v"})  # non-contiguous
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # usual permissions, not a private temp file's
-    state_dict, metadata = W.read_safetensors(path)
+    state_dict, metadata = ST.read_safetensors(path)
     assert torch.equal(state_dict["a"], torch.arange(6.0).reshape(2, 3).t()) and metadata == {"k": "v"}
 
     real_open = open
@@ -473,14 +474,14 @@ def test_save_is_atomic_and_returns_sha256(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("builtins.open", crash_while_writing)
     before = path.read_bytes()
     with pytest.raises(OSError, match="disk full"):
-        W.save_safetensors({"a": torch.zeros(1)}, path)
+        ST.save_safetensors({"a": torch.zeros(1)}, path)
     assert path.read_bytes() == before  # the previous checkpoint is untouched
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.safetensors"]  # no temporary file left
 
 
 def test_save_rejects_non_string_metadata(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="'epoch'"):
-        W.save_safetensors({"a": torch.zeros(1)}, tmp_path / "x.safetensors", {"epoch": 3})  # type: ignore[dict-item]
+        ST.save_safetensors({"a": torch.zeros(1)}, tmp_path / "x.safetensors", {"epoch": 3})  # type: ignore[dict-item]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -488,10 +489,10 @@ def test_read_invalid_safetensors_names_the_file(tmp_path: Path, checkpoint_byte
     path = tmp_path / "bad.safetensors"
     path.write_bytes(checkpoint_bytes[: len(checkpoint_bytes) // 2] if damage == "truncate" else b"not a checkpoint")
     with pytest.raises(CheckpointFileError, match="bad.safetensors") as info:
-        W.read_safetensors(path)
+        ST.read_safetensors(path)
     assert isinstance(info.value, WeightsError)
 
 
 def test_read_missing_safetensors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointFileError, match="not found"):
-        W.read_safetensors(tmp_path / "missing.safetensors")
+        ST.read_safetensors(tmp_path / "missing.safetensors")

@@ -13,13 +13,8 @@ import torch
 import sadcl
 from sadcl.zoo import VARIANTS, pretrained_cfg_for, read_labels
 from sadcl.zoo.loading import HeadChangeWarning, checkpoint_metadata, export_state_dict
-from sadcl.zoo.weights import (
-    ChecksumError,
-    NoPretrainedWeightsError,
-    WeightsDownloadError,
-    load_weights_table,
-    save_safetensors,
-)
+from sadcl.zoo.safetensors_io import save_safetensors
+from sadcl.zoo.weights import ChecksumError, NoPretrainedWeightsError, WeightsDownloadError, load_weights_table
 
 SMALL = dict(backbone="test_resnet", hidden_dim=32, ffn_dim=32, proj_dim=16, img_size=64)
 REPO = "sadcl-test/sadcl_tiny"

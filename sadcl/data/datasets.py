@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .images import check_image, load_image
+from .labels import read_labels
 
 __all__ = [
     "VOC_CLASSES",
@@ -46,28 +47,7 @@ PathLike = str | os.PathLike
 LabelNames = Sequence[str] | PathLike
 Transform = Callable[[Image.Image], torch.Tensor]
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
+VOC_CLASSES: tuple[str, ...] = read_labels("voc20")  # Pascal VOC's standard order
 
 # Separators of the `labels` column of a CSV file: "cat|dog" or "cat;dog".
 _LABEL_SPLIT = re.compile(r"[|;]")

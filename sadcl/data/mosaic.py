@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .labels import read_labels
+
 __all__ = [
     "FASHION_LABELS",
     "DEFAULT_FASHION_ROOT",
@@ -34,18 +36,7 @@ __all__ = [
     "write_mosaics",
 ]
 
-FASHION_LABELS: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+FASHION_LABELS: tuple[str, ...] = read_labels("fashion10")  # Fashion-MNIST's class order
 DEFAULT_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 ITEM = 28  # side of one Fashion-MNIST item
 GRID = 2  # cells per side of a mosaic

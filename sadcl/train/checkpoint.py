@@ -22,7 +22,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..zoo.loading import checkpoint_metadata, export_state_dict
-from ..zoo.weights import save_safetensors
+from ..zoo.safetensors_io import save_safetensors
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._atomic import atomic_write_text
 from ..data import eval_transform, train_transform
 from ..data.datasets import unwrap_worker_errors
+from ..data.preprocessing import from_pretrained_cfg
 from ..model import SADCL
 from ..zoo.loading import header_for
 from .checkpoint import (
@@ -166,13 +167,9 @@ class Trainer:
         check_image_files(train_dataset, "training")
         check_image_files(val_dataset, "validation")
         self.model = run_model(cfg, model, label_names, ckpt)
-        pcfg = self.model.pretrained_cfg
         size = self.model.config["img_size"]
-        norm = {
-            "mean": pcfg.get("mean", (0.485, 0.456, 0.406)),
-            "std": pcfg.get("std", (0.229, 0.224, 0.225)),
-            "interpolation": pcfg.get("interpolation", "bilinear"),
-        }
+        pre = from_pretrained_cfg(self.model.pretrained_cfg, size)  # the model's own normalisation
+        norm = {"mean": pre.mean, "std": pre.std, "interpolation": pre.interpolation}
         self.eval_tf = eval_transform(size, **norm)
         if built_here:  # datasets passed in keep their own transforms
             train_dataset.transform = (

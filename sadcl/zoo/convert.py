@@ -141,7 +141,7 @@ def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) ->
     """
     path = Path(path).expanduser()
     if path.suffix == ".safetensors":
-        from .weights import read_safetensors
+        from .safetensors_io import read_safetensors
 
         return read_safetensors(path)[0]
     limit = _max_checkpoint_bytes(max_bytes)
@@ -431,7 +431,7 @@ def convert_checkpoint(
     """
     from .factory import create_model
     from .loading import checkpoint_metadata, export_state_dict
-    from .weights import save_safetensors
+    from .safetensors_io import save_safetensors
 
     # Read (and refuse) the file before building the model: a bad file fails in milliseconds, not after a
     # ResNet-101 has been built.

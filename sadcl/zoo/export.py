@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ from .header import HeaderError, validate_config
 from .hub import PublishError, export_manifest, push_to_hub
 from .loading import checkpoint_metadata, export_state_dict, header_for
 from .onnx_export import ONNX_NAME, export_onnx, require_onnx
-from .weights import CheckpointFileError, ChecksumError, save_safetensors, sha256_file, verify_file
+from .safetensors_io import save_safetensors
+from .weights import COMMIT_RE, CheckpointFileError, ChecksumError, evict, sha256_file, verify_file
 
 __all__ = [
     "CONFIG_NAME",
@@ -58,7 +58,6 @@ CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 EXPORT_FORMAT = "sadcl-export"
 EXPORT_FORMAT_VERSION = 2
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _MAX_CONFIG_BYTES = 16 << 20  # a config.json is kilobytes; refuse to parse a file claiming to be one of gigabytes
 
 
@@ -361,7 +360,7 @@ def download_export(
     )
     # The cache stores files under snapshots/<commit>/: take the weights from the config's commit,
     # even if the branch moves between the two downloads.
-    commit = config_path.parent.name if _COMMIT_RE.fullmatch(config_path.parent.name) else None
+    commit = config_path.parent.name if COMMIT_RE.fullmatch(config_path.parent.name) else None
     where = f"hf-hub:{repo_id}@{commit or revision or 'main'}"
     config = read_export_config(config_path)
     parse_export(config, where, config_path)  # validate before downloading the weights
@@ -378,9 +377,7 @@ def download_export(
         verify_file(weights_path, export.weights["sha256"], export.weights["size"], index_dir=index_dir)
     except ChecksumError as e:
         if index_dir is not None:
-            from .weights import _evict
-
-            _evict(weights_path, index_dir)
+            evict(weights_path, index_dir)
         raise ChecksumError(
             f"{where}: the downloaded {WEIGHTS_NAME} is corrupt ({e}); it was removed from the "
             "cache, run again to download it afresh."

@@ -33,14 +33,9 @@ from ..model import CONSTRUCTOR_KEYS, SADCL
 from . import export as _export
 from .header import ARCHITECTURE_KEYS, WeightsHeader, canonical_json, parse_header
 from .loading import load_pretrained
+from .safetensors_io import read_safetensors, read_safetensors_metadata
 from .variants import VARIANTS, check_name, list_pretrained, read_labels, variant_pretrained_cfg, weights_table
-from .weights import (
-    CheckpointFileError,
-    NoPretrainedWeightsError,
-    read_safetensors,
-    read_safetensors_metadata,
-    resolve_checkpoint,
-)
+from .weights import CheckpointFileError, NoPretrainedWeightsError, resolve_checkpoint
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -13,9 +13,9 @@ A safetensors header holds a ``__metadata__`` map of strings. sadcl writes two e
      "source": "hf-hub:org/name@<commit>" | ... | null,  what the weights were loaded from before this file
      "training": {"epoch": ..., "mAP": ...} | null} how training selected these weights
 
-The file is written by :func:`write_weights` deterministically (sorted metadata, tensors in a fixed order, no
-timestamps), so the same weights and header give the same bytes and sha256. Files of format version 1 (the
-``sadcl_config``/``sadcl_variant``/``sadcl_training`` entries of sadcl 0.1) are still read.
+The file is written by :func:`sadcl.zoo.safetensors_io.save_safetensors` deterministically (sorted metadata,
+tensors in a fixed order, no timestamps), so the same weights and header give the same bytes and sha256. Files of
+format version 1 (the ``sadcl_config``/``sadcl_variant``/``sadcl_training`` entries of sadcl 0.1) are still read.
 
 Everything read here is untrusted: :func:`parse_header` validates every field (types, ranges, a plain timm
 architecture name for the backbone) and raises :class:`HeaderError` naming the file and the field. Nothing in a
@@ -25,19 +25,13 @@ than the limits below before the weights themselves are read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from .._atomic import atomic_write
 from ..data.preprocessing import Preprocessing, PreprocessingError
 from ..model.sadcl import CONSTRUCTOR_KEYS
 
@@ -75,18 +69,6 @@ ARCHITECTURE_KEYS = (
 )
 MAX_LABEL_CHARS = 1_000
 _TIMM_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")  # timm "arch" or "arch.tag": never hf-hub:/local-dir:
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 class HeaderError(ValueError):
@@ -267,48 +249,3 @@ def parse_header(metadata: Mapping[str, str] | None, where: str) -> WeightsHeade
             config=config, preprocessing=pre, variant=variant, source=variant, training=training, format_version=1
         )
     return None
-
-
-# ----------------------------------------------------------------------------- safetensors bytes
-def serialize(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
-    """safetensors bytes, deterministic: sorted metadata, tensors by (alignment, name) as safetensors orders them.
-
-    ``safetensors.torch.save`` writes its metadata map in a random order (a Rust HashMap), so two saves of the
-    same weights differ byte for byte; this writer gives one sha256 per content.
-    """
-    meta = dict(metadata or {})
-    for k, v in meta.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"safetensors metadata must map str to str; entry {k!r}: {v!r} is not")
-    items = []
-    for name, t in tensors.items():
-        if t.dtype not in _SAFETENSORS_DTYPES:
-            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
-        items.append((name, t.detach().to("cpu").contiguous()))
-    # Larger items first keeps every tensor aligned to its itemsize (safetensors' own order).
-    items.sort(key=lambda it: (-it[1].element_size(), it[0]))
-    header: dict[str, Any] = {}
-    if meta:
-        header["__metadata__"] = dict(sorted(meta.items()))
-    chunks, offset = [], 0
-    for name, t in items:
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + len(data)],
-        }
-        chunks.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
-
-
-def write_weights(
-    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
-) -> str:
-    """Write a safetensors file atomically (temporary sibling, fsync, rename) and return its sha256."""
-    data = serialize(tensors, metadata)
-    atomic_write(path, lambda f: f.write(data))
-    return hashlib.sha256(data).hexdigest()

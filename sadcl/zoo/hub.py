@@ -39,7 +39,8 @@ from typing import Any
 
 import httpx2  # the HTTP client of huggingface_hub 2.x (1.x used httpx and leaves .incomplete blobs behind)
 
-from .weights import WeightsDownloadError, WeightsRecord, _cache_root, _sadcl_version
+from .. import __version__
+from .weights import WeightsDownloadError, WeightsRecord, _cache_root
 
 __all__ = [
     "DEFAULT_DOWNLOAD_TIMEOUT_S",
@@ -271,7 +272,7 @@ def hub_download(
                     revision=revision,
                     cache_dir=cache_dir,
                     library_name="sadcl",
-                    library_version=_sadcl_version(),
+                    library_version=__version__,
                 )
         except BaseException as e:  # handed to the caller's thread
             outcome["error"] = e

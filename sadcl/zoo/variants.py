@@ -10,10 +10,9 @@ import difflib
 import fnmatch
 import os
 from dataclasses import asdict, dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
+from ..data.labels import read_labels
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from . import weights as _weights
 
@@ -37,7 +36,7 @@ class VariantCfg:
     """What a variant is: architecture, label set, preprocessing and the paper's results."""
 
     dataset: str
-    labels: str  # a file in sadcl/zoo/labels/
+    labels: str  # a packaged label set (sadcl/data/labels/)
     img_size: int
     description: str
     arch: dict[str, Any] = field(default_factory=lambda: dict(_PAPER_ARCH))
@@ -188,13 +187,6 @@ VARIANTS: dict[str, VariantCfg] = {
         ),
     ),
 }
-
-
-@cache
-def read_labels(name: str) -> tuple[str, ...]:
-    """Label names of a packaged label set (``coco80``, ``voc20``, ``nuswide81``, ``vg500``, ``fashion10``)."""
-    text = resources.files(__package__).joinpath("labels", f"{name}.txt").read_text(encoding="utf-8")
-    return tuple(line for line in text.splitlines() if line)
 
 
 def weights_table() -> dict[str, _weights.WeightsRecord | None]:

@@ -1,4 +1,4 @@
-"""Pretrained SADCL checkpoints: the ``weights.json`` records, verified downloads and safetensors I/O.
+"""Pretrained SADCL checkpoints: the ``weights.json`` records, sha256 verification, downloads and resolution.
 
 Each variant of the zoo (for example a COCO model at 448 px) has at most one checkpoint record:
 where it lives on the Hugging Face Hub (repo id, file name, *pinned commit*), and its sha256 and
@@ -10,28 +10,22 @@ error is raised, so it is never loaded, now or next time. Hashing a large file c
 files already verified are remembered by (path, size, mtime) in memory and in a small JSON index
 kept in the Hub cache.
 
-Checkpoints are always safetensors: nothing here unpickles.
+Checkpoints are always safetensors (read and written by :mod:`sadcl.zoo.safetensors_io`): nothing unpickles.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._atomic import atomic_write_text
-from .._files import open_regular
-
-if TYPE_CHECKING:  # torch is only needed by the safetensors helpers; keep `import` of this module light
-    import torch
 
 __all__ = [
     "WEIGHTS_TABLE_PATH",
@@ -44,9 +38,7 @@ __all__ = [
     "WeightsTableError",
     "download_checkpoint",
     "load_weights_table",
-    "read_safetensors",
     "resolve_checkpoint",
-    "save_safetensors",
     "sha256_file",
     "verify_file",
 ]
@@ -59,7 +51,7 @@ WEIGHTS_TABLE_PATH = _ZOO_DIR / "weights.json"
 
 _SCHEMA = 1
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")  # a pinned Hub revision (and a snapshot folder's name)
 _VERIFY_INDEX_NAME = "sadcl-verified.json"
 _HASH_CHUNK = 1 << 20
 
@@ -119,7 +111,7 @@ class WeightsRecord:
             raise ValueError(f"field 'hf_hub_id' must look like 'org/name', got {self.hf_hub_id!r}")
         if not self.filename.endswith(".safetensors"):
             raise ValueError(f"field 'filename' must name a .safetensors file, got {self.filename!r}")
-        if self.revision is not None and not (isinstance(self.revision, str) and _COMMIT_RE.fullmatch(self.revision)):
+        if self.revision is not None and not (isinstance(self.revision, str) and COMMIT_RE.fullmatch(self.revision)):
             raise ValueError(
                 "field 'revision' must be a pinned 40-character lower-case hex commit sha or null, "
                 f"got {self.revision!r}"
@@ -281,14 +273,6 @@ def verify_file(
 
 
 # ----------------------------------------------------------------------------- Hub download
-def _sadcl_version() -> str:
-    try:  # lazy: the package root imports the zoo, not the other way round
-        from sadcl import __version__
-    except ImportError:
-        return "0"
-    return str(__version__)
-
-
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
     from huggingface_hub import constants
 
@@ -301,7 +285,7 @@ def _repo_cache_folder(cache_root: Path, repo_id: str) -> Path:
     return cache_root / ("models--" + repo_id.replace("/", "--"))
 
 
-def _evict(pointer: Path, repo_folder: Path) -> None:
+def evict(pointer: Path, repo_folder: Path) -> None:
     """Delete a cached file: its snapshot entry and the blob it links to, so it can be neither loaded nor reused.
 
     Both must go: huggingface_hub re-links an existing blob without downloading it again.
@@ -350,7 +334,7 @@ def download_checkpoint(
     try:
         verify_file(path, record.sha256, record.size, index_dir=repo_folder)
     except ChecksumError as e:
-        _evict(path, repo_folder)
+        evict(path, repo_folder)
         raise ChecksumError(
             f"the checkpoint of {variant!r} ({record.filename} from Hub repo {record.hf_hub_id!r} at revision "
             f"{record.revision}) is corrupt: {e}. The bad file was deleted from the cache directory {cache_root}; "
@@ -405,88 +389,3 @@ def resolve_checkpoint(
             )
         _logger.warning("packaged checkpoint %s is missing; downloading %s instead", packaged, record.url)
     return download_checkpoint(record, variant=variant, cache_dir=cache_dir)
-
-
-# ----------------------------------------------------------------------------- safetensors I/O
-_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header, in bytes
-
-
-def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
-    """Refuse, before the safetensors library opens it, what cannot be a safetensors file.
-
-    Only regular files (a FIFO would block ``safe_open`` forever), at least 8 bytes long, whose 8-byte
-    header length fits inside the file and under the library's 100 MB limit. The library then validates
-    the header itself (JSON types, dtypes, shapes against byte ranges, contiguous non-overlapping offsets),
-    so no tensor can claim more bytes than the file holds.
-    """
-    with open_regular(path, "checkpoint file", CheckpointFileError) as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-    if len(head) < 8:
-        raise CheckpointFileError(
-            f"{path} is not a valid safetensors file: it is {size} bytes long, shorter than the 8-byte header "
-            "length; it may be truncated. Download or export it again."
-        )
-    declared = int.from_bytes(head, "little")
-    if declared > min(size - 8, _SAFETENSORS_MAX_HEADER):
-        why = (
-            f"more than the {size - 8} bytes that follow it"
-            if declared > size - 8
-            else f"more than the {_SAFETENSORS_MAX_HEADER}-byte limit"
-        )
-        raise CheckpointFileError(
-            f"{path} is not a valid safetensors file: its header length says {declared} bytes, {why}; it may be "
-            "truncated or of another format. Download or export it again."
-        )
-    return Path(path)
-
-
-@contextlib.contextmanager
-def _safe_open(path: str | os.PathLike[str]) -> Iterator[Any]:
-    """``safetensors.safe_open`` of a checked regular file; every problem is one :class:`CheckpointFileError`."""
-    from safetensors import SafetensorError, safe_open
-
-    check_safetensors_file(path)
-    try:
-        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
-            yield f
-    except FileNotFoundError:  # removed since the check
-        raise CheckpointFileError(f"checkpoint file not found: {path}") from None
-    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:  # TypeError: a dtype torch lacks
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointFileError(
-            f"{path} is not a valid safetensors file ({reason}); it may be truncated or of another format. "
-            "Download or export it again."
-        ) from e
-
-
-def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors checkpoint onto the CPU: (state dict, header metadata). Never unpickles.
-
-    Every problem with the file (missing, not a regular file, truncated, malformed header) is one
-    :class:`CheckpointFileError` naming it; nothing is allocated beyond the tensors the file holds.
-    """
-    with _safe_open(path) as f:
-        metadata = dict(f.metadata() or {})
-        state_dict = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    return state_dict, metadata
-
-
-def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file; only its header is read (no tensor)."""
-    with _safe_open(path) as f:
-        return dict(f.metadata() or {})
-
-
-def save_safetensors(
-    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
-) -> str:
-    """Write ``state_dict`` as safetensors atomically and deterministically; return the file's sha256.
-
-    The file is written next to ``path``, flushed to disk, then renamed over it: a crash never
-    leaves a half-written checkpoint under the final name. The same tensors and metadata always give
-    the same bytes (:func:`sadcl.zoo.header.serialize`).
-    """
-    from .header import write_weights
-
-    return write_weights(state_dict, path, metadata)
