@@ -60,7 +60,7 @@ def _odd_images(folder: Path, sources: list[Path]) -> list[Path]:
         img = Image.open(p).convert("RGB")
         kind = i % 5
         if kind == 0:
-            img = img.resize((61, 47), Image.BICUBIC)
+            img = img.resize((61, 47), Image.Resampling.BICUBIC)
         elif kind == 1:
             img = img.convert("L")
         elif kind == 2:
