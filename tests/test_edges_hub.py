@@ -468,13 +468,12 @@ def test_backbone_weights_download_has_the_deadline_and_fails_fast(fake_hub, mon
     """``pretrained_backbone=True`` downloads through timm → hf_hub_download, inside sadcl's deadline."""
     import sadcl
 
-    args = dict(sadcl.create_model("sadcl_tiny").config)
     fake_hub.add_file("timm/test_resnet.r160_in1k", "model.safetensors", CONTENT)
     fake_hub.stall_answers("trickle", interval=0.25)
     monkeypatch.setenv("SADCL_DOWNLOAD_TIMEOUT", "0.7")
     start = time.monotonic()
     with pytest.raises(WeightsDownloadError) as info:
-        sadcl.SADCL(**args, pretrained_backbone=True)
+        sadcl.create_model("sadcl_tiny", pretrained_backbone=True)
     assert time.monotonic() - start < 1.6
     message = _one_line(str(info.value))
     assert "the ImageNet weights of backbone 'test_resnet' (through timm)" in message
@@ -484,7 +483,7 @@ def test_backbone_weights_download_has_the_deadline_and_fails_fast(fake_hub, mon
     fake_hub.stop()
     start = time.monotonic()
     with pytest.raises(WeightsDownloadError, match=f"the Hub at {endpoint} cannot be reached.*HF_HUB_OFFLINE=1"):
-        sadcl.SADCL(**args, pretrained_backbone=True)
+        sadcl.create_model("sadcl_tiny", pretrained_backbone=True)
     assert time.monotonic() - start < 1.5
 
 

@@ -8,7 +8,6 @@ the learnable class prototypes into the contrastive space (sample-to-sample SSCL
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -91,16 +90,6 @@ def _freeze_stem_and_first_stage(backbone: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def _backbone_download(backbone: str, pretrained: bool) -> contextlib.AbstractContextManager[None]:
-    """The deadline and error mapping of sadcl's Hub downloads (:func:`sadcl.zoo.hub.download_deadline`), when
-    timm is to download the backbone's weights."""
-    if not pretrained:
-        return contextlib.nullcontext()
-    from ..zoo.hub import download_deadline  # lazy: the zoo builds on this module
-
-    return download_deadline(f"the ImageNet weights of backbone {backbone!r} (through timm)")
-
-
 class SADCL(nn.Module):
     """The SADCL network (Query2Label-style label-query transformer with projection head and prototypes).
 
@@ -159,14 +148,10 @@ class SADCL(nn.Module):
         )
         self.hidden_dim = hidden_dim
 
-        # timm fetches ImageNet weights with hf_hub_download: within sadcl's download deadline, failures in one line.
-        with _backbone_download(backbone, pretrained_backbone):
-            try:
-                self.backbone = timm.create_model(
-                    backbone, pretrained=pretrained_backbone, num_classes=0, global_pool=""
-                )
-            except RuntimeError as e:  # timm's "Unknown model" is a RuntimeError
-                raise ValueError(f"backbone {backbone!r} is not a timm model: {e}") from e
+        try:  # (sadcl.create_model runs this within sadcl's download deadline when timm downloads weights)
+            self.backbone = timm.create_model(backbone, pretrained=pretrained_backbone, num_classes=0, global_pool="")
+        except RuntimeError as e:  # timm's "Unknown model" is a RuntimeError
+            raise ValueError(f"backbone {backbone!r} is not a timm model: {e}") from e
         if freeze_bn:  # BatchNorm frozen everywhere, as the authors
             self.backbone = freeze_batch_norm_2d(self.backbone)
             if fold_frozen_bn:

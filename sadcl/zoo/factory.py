@@ -19,6 +19,7 @@ so ``timm.create_model("sadcl_coco_448")``, ``timm.create_model("hf-hub:ORG/NAME
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -376,7 +377,7 @@ def _build(
         args["pretrained_backbone"] = False
     # With a checkpoint, build on the meta device: nothing is allocated (or randomly initialised) before the
     # file's own tensors are checked against the architecture and assigned.
-    with torch.device("meta") if loading else _nullcontext():
+    with torch.device("meta") if loading else _backbone_download(args):
         model = SADCL(**args)
     head_change = model.label_names != stored_labels
     pre = _with_overrides(src.preprocessing, model.config["img_size"], overlay)
@@ -389,12 +390,13 @@ def _build(
     return model
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
+def _backbone_download(args: Mapping[str, Any]) -> contextlib.AbstractContextManager[Any]:
+    """timm fetches ImageNet backbone weights with hf_hub_download: within sadcl's deadline, failures in one line."""
+    if not args.get("pretrained_backbone"):
+        return contextlib.nullcontext()
+    from .hub import download_deadline
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    return download_deadline(f"the ImageNet weights of backbone {args['backbone']!r} (through timm)")
 
 
 def _with_overrides(pre: Preprocessing, img_size: int, overlay: Mapping[str, Any]) -> Preprocessing:
