@@ -50,12 +50,7 @@ def _modules(folder: str) -> list[Path]:
     ],
 )
 def test_imports_point_one_way(folder, forbidden):
-    bad = {
-        f"{path.name}: {name}"
-        for path in _modules(folder)
-        for name in _imports(path)
-        if name.startswith(forbidden)
-    }
+    bad = {f"{path.name}: {name}" for path in _modules(folder) for name in _imports(path) if name.startswith(forbidden)}
     assert not bad, f"{folder}/ imports upward: {sorted(bad)}"
 
 
