@@ -278,3 +278,10 @@ def test_special_files_and_pickles_are_refused_as_model_sources(tmp_path, tiny):
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04")
     with pytest.raises(CheckpointFileError, match="last.pt is a PyTorch pickle file.*sadcl convert.*--resume"):
         sadcl.create_model(tmp_path / "last.pt")
+
+
+def test_a_missing_path_is_not_called_an_unknown_model(tmp_path):
+    with pytest.raises(ModelSourceError, match=r"no file or folder '.*exports/mine'.*variant name"):
+        sadcl.create_model(str(tmp_path / "exports" / "mine"))
+    with pytest.raises(ValueError, match="Unknown SADCL model 'sadcl_coco'.*Did you mean"):
+        sadcl.create_model("sadcl_coco")

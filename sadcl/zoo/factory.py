@@ -32,7 +32,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..data.preprocessing import Preprocessing, PreprocessingError
 from ..model import CONSTRUCTOR_KEYS, SADCL
 from . import export as _export
-from .header import ARCHITECTURE_KEYS, WeightsHeader, canonical_json, parse_header
+from .header import ARCHITECTURE_KEYS, HEADER_KEY, WeightsHeader, canonical_json, parse_header
 from .loading import load_pretrained
 from .safetensors_io import read_safetensors, read_safetensors_metadata
 from .variants import VARIANTS, check_name, list_pretrained, read_labels, variant_pretrained_cfg, weights_table
@@ -153,8 +153,9 @@ def model_from_args(
 def model_from_header(header: Mapping[str, Any], where: str) -> SADCL:
     """The network a header describes (``WeightsHeader.to_json()``), randomly initialised: for a resumed run,
     whose weights come from its training checkpoint next."""
-    parsed = parse_header({"sadcl": canonical_json(dict(header))}, where)
-    assert parsed is not None
+    parsed = parse_header({HEADER_KEY: canonical_json(dict(header))}, where)
+    if parsed is None:  # cannot happen: the entry is there
+        raise ModelSourceError(f"{where}: the training checkpoint's weights_header is empty")
     src = _Source(
         config=dict(parsed.config),
         preprocessing=parsed.preprocessing,
@@ -178,8 +179,13 @@ def describe_source(source: str | os.PathLike) -> str:
         return "folder"
     if path.suffix == ".safetensors" or path.exists():
         return "file"
+    if "/" in text or os.sep in text or text.startswith("."):  # meant as a path: say so, not "unknown model"
+        raise ModelSourceError(
+            f"no file or folder {text!r}; a model source is a variant name (see `sadcl list`), "
+            "a .safetensors file, an export folder, local-dir:PATH or hf-hub:ORG/NAME"
+        )
     check_name(text)  # raises, with suggestions
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: check_name raises for a name that is not a variant")
 
 
 def _resolve(
