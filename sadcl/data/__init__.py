@@ -42,36 +42,6 @@ _OWNERS = {
 }
 _LAZY = {name: module for module, names in _OWNERS.items() for name in names}
 
-__all__ = [
-    "ImageLoadError",
-    "load_image",
-    "to_rgb",
-    "check_image",
-    "MultiLabelDataset",
-    "CSVDataset",
-    "CocoDataset",
-    "VOCDataset",
-    "FolderDataset",
-    "VOC_CLASSES",
-    "read_label_names",
-    "write_label_names",
-    "make_label_names",
-    "encode_labels",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "RANDAUGMENT_OPS",
-    "MultiScaleCrop",
-    "CutoutPIL",
-    "RandAugment",
-    "eval_transform",
-    "train_transform",
-    "FASHION_LABELS",
-    "DEFAULT_FASHION_ROOT",
-    "load_fashion_mnist",
-    "make_mosaics",
-    "mosaic_to_pil",
-    "MosaicDataset",
-    "write_mosaics",
-]
+__all__ = [name for names in _OWNERS.values() for name in names]
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

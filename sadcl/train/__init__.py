@@ -6,28 +6,26 @@ The losses and the memory bank load with the package; the training loop's names 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_attributes
 from .losses import AsymmetricLoss, PrototypeContrastiveLoss, SADCLCriterion, SampleContrastiveLoss
 from .memory import MemoryBank, compute_prototypes, init_prototypes_
 
-# name: the module of this package that owns it (loaded by __getattr__ when first asked for)
+# name: the module of this package that owns it (loaded when first asked for)
 _LAZY = {
-    "ConfigError": "config",
-    "InexactResumeWarning": "config",
-    "RunFinishedError": "config",
-    "TrainConfig": "config",
-    "DataSpec": "data",
-    "build_dataset": "data",
-    "EarlyStopping": "early_stopping",
-    "evaluate_checkpoint": "evaluation",
-    "evaluate_model": "evaluation",
-    "load_model": "models",
-    "config_from_options": "options",
-    "NonFiniteLossError": "trainer",
-    "Trainer": "trainer",
-    "train": "trainer",
+    "ConfigError": ".config",
+    "InexactResumeWarning": ".config",
+    "RunFinishedError": ".config",
+    "TrainConfig": ".config",
+    "DataSpec": ".data",
+    "build_dataset": ".data",
+    "EarlyStopping": ".early_stopping",
+    "evaluate_checkpoint": ".evaluation",
+    "evaluate_model": ".evaluation",
+    "load_model": ".models",
+    "config_from_options": ".options",
+    "NonFiniteLossError": ".trainer",
+    "Trainer": ".trainer",
+    "train": ".trainer",
 }
 
 __all__ = [
@@ -42,9 +40,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

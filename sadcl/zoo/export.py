@@ -220,9 +220,7 @@ def build_config(
         pretrained_cfg["license"] = license
     weights = {"filename": WEIGHTS_NAME, "sha256": weights_sha256, "size": weights_size}
     return {
-        "architecture": cfg.get("architecture")
-        if cfg.get("architecture") == header.variant and header.variant
-        else (header.variant or "sadcl"),
+        "architecture": header.variant or "sadcl",  # the registered timm entry point that rebuilds it
         "num_classes": model.num_classes,
         "label_names": list(model.label_names),
         "model_args": dict(header.config),

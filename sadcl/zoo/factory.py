@@ -20,6 +20,7 @@ so ``timm.create_model("sadcl_coco_448")``, ``timm.create_model("hf-hub:ORG/NAME
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models import generate_default_cfgs, register_model
+from timm.models import PretrainedCfg, generate_default_cfgs, register_model
 
 from ..data.preprocessing import Preprocessing, PreprocessingError
 from ..model import CONSTRUCTOR_KEYS, SADCL
@@ -35,8 +36,8 @@ from . import export as _export
 from .header import ARCHITECTURE_KEYS, HEADER_KEY, WeightsHeader, canonical_json, parse_header
 from .loading import load_pretrained
 from .safetensors_io import read_safetensors, read_safetensors_metadata
-from .variants import VARIANTS, check_name, list_pretrained, read_labels, variant_pretrained_cfg, weights_table
-from .weights import CheckpointFileError, NoPretrainedWeightsError, resolve_checkpoint
+from .variants import VARIANTS, check_name, list_pretrained, variant_pretrained_cfg, weights_table
+from .weights import CheckpointFileError, NoPretrainedWeightsError, WeightsRecord, resolve_checkpoint
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -113,7 +114,7 @@ def create_model(
     if unknown:
         raise TypeError(
             f"create_model({os.fspath(source)!r}) got unknown keyword(s) {unknown}; valid: "
-            f"{sorted(_CONSTRUCTOR_KEYS | {'num_classes', 'label_names', 'checkpoint_path', 'cache_dir'})}"
+            f"{sorted(_CONSTRUCTOR_KEYS | {'checkpoint_path', 'cache_dir'})}"
         )
     src = _resolve(
         source,
@@ -449,21 +450,14 @@ def _pretrained_cfg(
 
 
 # ----------------------------------------------------------------------------- timm registration
-def _timm_cfg(name: str) -> dict[str, Any]:
-    """The variant's timm ``PretrainedCfg`` (only timm's own fields): where its weights are and how to feed it."""
-    v = VARIANTS[name]
-    record = weights_table().get(name)
-    labels = list(read_labels(v.labels))
-    cfg: dict[str, Any] = dict(
-        **v.preprocessing.to_dict(),
-        fixed_input_size=False,
-        num_classes=len(labels),
-        label_names=labels,
-        classifier="fc",
-        paper_ids="arXiv:2307.09715",
-        description=v.description,
-    )
-    if record is not None:  # has_weights for timm.list_pretrained
+_TIMM_CFG_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainedCfg))
+
+
+def _timm_cfg(name: str, record: WeightsRecord | None) -> dict[str, Any]:
+    """The variant's timm ``PretrainedCfg``: its ``pretrained_cfg`` restricted to timm's own fields, plus where its
+    weights are (a packaged file, a Hub repo) so that ``timm.list_pretrained`` lists the variants that have some."""
+    cfg = {k: v for k, v in variant_pretrained_cfg(name, record).items() if k in _TIMM_CFG_FIELDS}
+    if record is not None:
         if record.packaged_path is not None:
             cfg["file"] = str(record.packaged_path)
         if record.has_hub:
@@ -471,7 +465,8 @@ def _timm_cfg(name: str) -> dict[str, Any]:
     return cfg
 
 
-default_cfgs = generate_default_cfgs({name: _timm_cfg(name) for name in VARIANTS})
+_table = weights_table()  # read once for every variant
+default_cfgs = generate_default_cfgs({name: _timm_cfg(name, _table.get(name)) for name in VARIANTS})
 
 
 def _timm_factory(name: str | None, pretrained: bool = False, **kwargs: Any) -> SADCL:

@@ -101,7 +101,8 @@ def load_pretrained(
     are initialised afresh on the CPU. ``recorded`` describes what the file says it is, for the error message.
     """
     state = dict(state_dict)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    current = model.state_dict()
+    expected = {k: v.shape for k, v in current.items()}
     file_classes = state["fc.b"].shape[-1] if "fc.b" in state else None
     skip = set(LABEL_SPECIFIC_KEYS) if head_change else set()
     missing, unexpected, mismatched = _key_problems(expected, state, skip)
@@ -133,8 +134,7 @@ def load_pretrained(
     for k in reinit:
         del state[k]
     if on_meta:
-        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
-        state = {k: v.to(dtypes[k]) for k, v in state.items()}
+        state = {k: v.to(current[k].dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=not head_change, assign=on_meta)
     if head_change and on_meta:
         model.reset_classifier(model.num_classes, model.label_names)  # fresh label parameters, on the CPU now
