@@ -18,6 +18,7 @@ import pytest
 from huggingface_hub import hf_hub_download
 
 from sadcl.cli import main
+from sadcl.zoo import export as E
 from sadcl.zoo import hub as H
 from sadcl.zoo import weights as W
 from sadcl.zoo.weights import WeightsDownloadError, WeightsRecord
@@ -245,16 +246,16 @@ def _write_export(folder: Path, *, version: int = 2, onnx: bool = False) -> dict
 
 def test_export_manifest_of_both_format_versions(tmp_path) -> None:
     v1 = _write_export(tmp_path / "v1", version=1, onnx=True)
-    assert H.export_manifest(v1, tmp_path / "v1") == {
+    assert E.export_manifest(v1, tmp_path / "v1") == {
         "config.json": None,
         "model.safetensors": _file_entry(b"weights" * 40),
         "README.md": None,
         "model.onnx": _file_entry(b"onnx graph"),
     }
     v1["onnx"] = None
-    assert list(H.export_manifest(v1, tmp_path / "v1")) == ["config.json", "model.safetensors", "README.md"]
+    assert list(E.export_manifest(v1, tmp_path / "v1")) == ["config.json", "model.safetensors", "README.md"]
     v2 = _write_export(tmp_path / "v2")
-    assert H.export_manifest(v2, tmp_path / "v2") == {
+    assert E.export_manifest(v2, tmp_path / "v2") == {
         "config.json": None,
         "model.safetensors": _file_entry(b"weights" * 40),
         "README.md": _file_entry(README.encode()),

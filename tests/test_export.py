@@ -11,9 +11,10 @@ import torch
 from huggingface_hub import ModelCard, hf_hub_download
 
 import sadcl
-from sadcl.zoo.export import PublishError, export_model, push_to_hub
+from sadcl.zoo.export import export_model
 from sadcl.zoo.factory import ModelSourceError, create_model, describe_source
 from sadcl.zoo.header import parse_header
+from sadcl.zoo.hub import PublishError, push_to_hub
 from sadcl.zoo.loading import HeadChangeWarning
 from sadcl.zoo.safetensors_io import read_safetensors
 from sadcl.zoo.weights import CheckpointFileError, ChecksumError, WeightsDownloadError, WeightsRecord, sha256_file

@@ -11,8 +11,9 @@ An export folder holds (and ``config.json`` lists, with their sha256) exactly th
 
 ``config.json`` is written last: a folder without it is not an export, and a crash part-way leaves the previous
 export's ``config.json``, whose checksums then refuse the mixed folder. Reading (:func:`read_export`,
-:func:`download_export`) validates every field as untrusted data; building the model is
-:func:`sadcl.zoo.factory.create_model`'s job (this module never imports the factory).
+:func:`export_manifest`) validates every field as untrusted data; fetching an export from the Hub is
+:func:`sadcl.zoo.hub.download_export`'s job and building the model :func:`sadcl.zoo.factory.create_model`'s
+(this module imports neither).
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ from ..data.preprocessing import Preprocessing, PreprocessingError
 from ..model import SADCL
 from .card import model_card
 from .header import HeaderError, validate_config
-from .hub import PublishError, export_manifest, push_to_hub
 from .loading import checkpoint_metadata, export_state_dict, header_for
 from .onnx_export import ONNX_NAME, export_onnx, require_onnx
 from .safetensors_io import save_safetensors
-from .weights import COMMIT_RE, CheckpointFileError, ChecksumError, evict, sha256_file, verify_file
+from .weights import CheckpointFileError, ChecksumError, sha256_file, verify_file
 
 __all__ = [
     "CONFIG_NAME",
@@ -43,12 +43,12 @@ __all__ = [
     "WEIGHTS_NAME",
     "Export",
     "ExportError",
-    "PublishError",
-    "download_export",
+    "export_manifest",
     "export_model",
     "export_onnx",
+    "export_section",
     "model_card",
-    "push_to_hub",
+    "parse_export",
     "read_export",
     "read_export_config",
 ]
@@ -188,7 +188,7 @@ def _claim_folder(out: Path, overwrite: bool) -> set[str]:
         )
     try:
         return set(export_manifest(read_export_config(out / CONFIG_NAME), out))
-    except (CheckpointFileError, PublishError):
+    except CheckpointFileError:  # ExportError included
         return set()  # not an export of ours: we remove nothing
 
 
@@ -347,37 +347,53 @@ def read_export(folder: Path) -> Export:
     return export
 
 
-def download_export(
-    repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None
-) -> tuple[Export, str | None]:
-    """Fetch ``config.json`` and the weights of an export on the Hub (same commit), verify them; (export, commit)."""
-    from .hub import hub_download
+def _file_record(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, Mapping):
+        raise ExportError(f'{where} must be an object with "sha256" and "size", got {entry!r:.80}')
+    digest, size = entry.get("sha256"), entry.get("size")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise ExportError(f'{where}: "sha256" must be 64 lower-case hex characters, got {digest!r:.80}')
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ExportError(f'{where}: "size" must be a non-negative integer, got {size!r:.80}')
+    return {"sha256": digest, "size": size}
 
-    config_path = hub_download(
-        repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, what=f"the SADCL export hf-hub:{repo_id}"
-    )
-    # The cache stores files under snapshots/<commit>/: take the weights from the config's commit,
-    # even if the branch moves between the two downloads.
-    commit = config_path.parent.name if COMMIT_RE.fullmatch(config_path.parent.name) else None
-    where = f"hf-hub:{repo_id}@{commit or revision or 'main'}"
-    config = read_export_config(config_path)
-    parse_export(config, where, config_path)  # validate before downloading the weights
-    weights_path = hub_download(
-        repo_id,
-        WEIGHTS_NAME,
-        revision=commit or revision,
-        cache_dir=cache_dir,
-        what=f"the SADCL export hf-hub:{repo_id}",
-    )
-    export = parse_export(config, where, weights_path)
-    index_dir = weights_path.parents[2] if weights_path.parent.parent.name == "snapshots" else None
-    try:
-        verify_file(weights_path, export.weights["sha256"], export.weights["size"], index_dir=index_dir)
-    except ChecksumError as e:
-        if index_dir is not None:
-            evict(weights_path, index_dir)
-        raise ChecksumError(
-            f"{where}: the downloaded {WEIGHTS_NAME} is corrupt ({e}); it was removed from the "
-            "cache, run again to download it afresh."
-        ) from None
-    return export, commit
+
+def export_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Where an export config keeps its sadcl fields: ``config["sadcl"]`` (format_version 2) or the top level (1)."""
+    section = config.get("sadcl")
+    return section if isinstance(section, Mapping) else config
+
+
+def export_manifest(config: Mapping[str, Any], folder: Path) -> dict[str, dict[str, Any] | None]:
+    """The files an export's ``config.json`` says ``sadcl export`` wrote: ``{name: {"sha256", "size"} or None}``.
+
+    ``config`` is a ``config.json`` checked by :func:`sadcl.zoo.export.read_export_config`. ``config.json``
+    itself is always listed (``None``: it is the manifest). format_version 2 lists its files under
+    ``config["sadcl"]["files"]``; format_version 1 implies ``model.safetensors`` (checked against
+    ``config["weights"]``), ``README.md`` (no recorded hash) and ``model.onnx`` when ``config["onnx"]`` is set.
+    Only names ``sadcl export`` writes are accepted: a file is data, never a list of what to publish.
+
+    Raises:
+        ExportError: ``config`` lists something ``sadcl export`` never writes, or a malformed record.
+    """
+    where = folder / CONFIG_NAME
+    section = export_section(config)
+    manifest: dict[str, dict[str, Any] | None] = {CONFIG_NAME: None}
+    if section.get("format_version") == 1:
+        manifest[WEIGHTS_NAME] = _file_record(config.get("weights"), f'{where}: "weights"')
+        manifest[CARD_NAME] = None
+        if config.get("onnx") is not None:
+            manifest[ONNX_NAME] = _file_record(config["onnx"], f'{where}: "onnx"')
+        return manifest
+    files = section.get("files")
+    if not isinstance(files, Mapping) or WEIGHTS_NAME not in files:
+        raise ExportError(f'{where}: "sadcl"."files" must be an object listing at least {WEIGHTS_NAME}')
+    allowed = (WEIGHTS_NAME, CARD_NAME, ONNX_NAME)  # nothing else is ever published, whatever config.json says
+    for name, entry in files.items():
+        if name not in allowed:
+            raise ExportError(
+                f"{where} lists {name!r:.80}, which `sadcl export` never writes; refusing to publish "
+                f"it (export files: {CONFIG_NAME}, {', '.join(allowed)})"
+            )
+        manifest[name] = _file_record(entry, f'{where}: "sadcl"."files".{name}')
+    return manifest

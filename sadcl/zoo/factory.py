@@ -217,7 +217,9 @@ def _resolve(
         folder = Path(text[len(LOCAL_DIR_PREFIX) :] if text.startswith(LOCAL_DIR_PREFIX) else text).expanduser()
         return _from_export(_export.read_export(folder), source=str(folder))
     repo_id, revision = _parse_hub_name(text)
-    export, commit = _export.download_export(repo_id, revision, cache_dir)
+    from .hub import download_export  # the Hub client and its deadline hooks load only for hf-hub: sources
+
+    export, commit = download_export(repo_id, revision, cache_dir)
     return _from_export(
         export, source=f"{HF_HUB_PREFIX}{repo_id}@{commit or revision or 'main'}", hub=(repo_id, commit)
     )

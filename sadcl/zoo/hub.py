@@ -31,7 +31,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -40,7 +40,17 @@ from typing import Any
 import httpx2  # the HTTP client of huggingface_hub 2.x (1.x used httpx and leaves .incomplete blobs behind)
 
 from .. import __version__
-from .weights import WeightsDownloadError, WeightsRecord, _cache_root
+from .export import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    Export,
+    ExportError,
+    export_manifest,
+    export_section,
+    parse_export,
+    read_export_config,
+)
+from .weights import COMMIT_RE, ChecksumError, WeightsDownloadError, WeightsRecord, _cache_root, evict, verify_file
 
 __all__ = [
     "DEFAULT_DOWNLOAD_TIMEOUT_S",
@@ -48,7 +58,7 @@ __all__ = [
     "PublishError",
     "download_deadline",
     "download_timeout",
-    "export_manifest",
+    "download_export",
     "hub_download",
     "hub_error_message",
     "push_to_hub",
@@ -441,64 +451,7 @@ class PublishError(RuntimeError):
     """An export folder could not be pushed to the Hub (nothing, or nothing more, was uploaded)."""
 
 
-def _file_record(entry: Any, where: str) -> dict[str, Any]:
-    if not isinstance(entry, Mapping):
-        raise PublishError(f'{where} must be an object with "sha256" and "size", got {entry!r:.80}')
-    digest, size = entry.get("sha256"), entry.get("size")
-    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-        raise PublishError(f'{where}: "sha256" must be 64 lower-case hex characters, got {digest!r:.80}')
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise PublishError(f'{where}: "size" must be a non-negative integer, got {size!r:.80}')
-    return {"sha256": digest, "size": size}
-
-
-def _export_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Where an export config keeps its sadcl fields: ``config["sadcl"]`` (format_version 2) or the top level (1)."""
-    section = config.get("sadcl")
-    return section if isinstance(section, Mapping) else config
-
-
-def export_manifest(config: Mapping[str, Any], folder: Path) -> dict[str, dict[str, Any] | None]:
-    """The files an export's ``config.json`` says ``sadcl export`` wrote: ``{name: {"sha256", "size"} or None}``.
-
-    ``config`` is a ``config.json`` checked by :func:`sadcl.zoo.export.read_export_config`. ``config.json``
-    itself is always listed (``None``: it is the manifest). format_version 2 lists its files under
-    ``config["sadcl"]["files"]``; format_version 1 implies ``model.safetensors`` (checked against
-    ``config["weights"]``), ``README.md`` (no recorded hash) and ``model.onnx`` when ``config["onnx"]`` is set.
-    Only names ``sadcl export`` writes are accepted: a file is data, never a list of what to publish.
-
-    Raises:
-        PublishError: ``config`` lists something ``sadcl export`` never writes, or a malformed record.
-    """
-    from .export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME  # export imports this module
-    from .onnx_export import ONNX_NAME
-
-    where = folder / CONFIG_NAME
-    section = _export_section(config)
-    manifest: dict[str, dict[str, Any] | None] = {CONFIG_NAME: None}
-    if section.get("format_version") == 1:
-        manifest[WEIGHTS_NAME] = _file_record(config.get("weights"), f'{where}: "weights"')
-        manifest[CARD_NAME] = None
-        if config.get("onnx") is not None:
-            manifest[ONNX_NAME] = _file_record(config["onnx"], f'{where}: "onnx"')
-        return manifest
-    files = section.get("files")
-    if not isinstance(files, Mapping) or WEIGHTS_NAME not in files:
-        raise PublishError(f'{where}: "sadcl"."files" must be an object listing at least {WEIGHTS_NAME}')
-    allowed = (WEIGHTS_NAME, CARD_NAME, ONNX_NAME)  # nothing else is ever published, whatever config.json says
-    for name, entry in files.items():
-        if name not in allowed:
-            raise PublishError(
-                f"{where} lists {name!r:.80}, which `sadcl export` never writes; refusing to publish "
-                f"it (export files: {CONFIG_NAME}, {', '.join(allowed)})"
-            )
-        manifest[name] = _file_record(entry, f'{where}: "sadcl"."files".{name}')
-    return manifest
-
-
 def _read_config(folder: Path) -> dict[str, Any]:
-    from .export import CONFIG_NAME, ExportError, read_export_config
-
     if not folder.is_dir():
         raise PublishError(f"export folder not found: {folder}")
     try:
@@ -555,11 +508,12 @@ def push_to_hub(
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .export import CONFIG_NAME, WEIGHTS_NAME  # export imports this module
-
     folder = Path(export_dir).expanduser()
     config = _read_config(folder)
-    manifest = export_manifest(config, folder)
+    try:
+        manifest = export_manifest(config, folder)
+    except ExportError as e:
+        raise PublishError(str(e)) from None
     operations = []
     for name, record in manifest.items():
         path = folder / name
@@ -591,7 +545,7 @@ def push_to_hub(
     )
     for op in operations:
         print(f"  {op.path_in_repo} ({op.upload_info.size} bytes)")
-    message = commit_message or f"Upload SADCL export ({_export_section(config).get('variant') or 'sadcl'})"
+    message = commit_message or f"Upload SADCL export ({export_section(config).get('variant') or 'sadcl'})"
     try:
         # Uploads may take long: no deadline, but a request that got no answer at all is not retried.
         with _budget_scope(_Budget(None)):
@@ -611,7 +565,42 @@ def push_to_hub(
         hf_hub_id=repo_id, filename=WEIGHTS_NAME, revision=info.oid, sha256=weights["sha256"], size=weights["size"]
     )
     WeightsRecord(**record)  # validates: a pinned 40-hex commit, a sha256, a size
-    name = _export_section(config).get("variant") or repo_id.split("/")[-1]
+    name = export_section(config).get("variant") or repo_id.split("/")[-1]
     print(f"Pushed {folder} to {where} at commit {info.oid}. Record for weights.json:")
     print(json.dumps({name: record}, indent=2))
     return record
+
+
+# ----------------------------------------------------------------------------- exports on the Hub
+def download_export(
+    repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None
+) -> tuple[Export, str | None]:
+    """Fetch ``config.json`` and the weights of an export on the Hub (same commit), verify them; (export, commit)."""
+    config_path = hub_download(
+        repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, what=f"the SADCL export hf-hub:{repo_id}"
+    )
+    # The cache stores files under snapshots/<commit>/: take the weights from the config's commit,
+    # even if the branch moves between the two downloads.
+    commit = config_path.parent.name if COMMIT_RE.fullmatch(config_path.parent.name) else None
+    where = f"hf-hub:{repo_id}@{commit or revision or 'main'}"
+    config = read_export_config(config_path)
+    parse_export(config, where, config_path)  # validate before downloading the weights
+    weights_path = hub_download(
+        repo_id,
+        WEIGHTS_NAME,
+        revision=commit or revision,
+        cache_dir=cache_dir,
+        what=f"the SADCL export hf-hub:{repo_id}",
+    )
+    export = parse_export(config, where, weights_path)
+    index_dir = weights_path.parents[2] if weights_path.parent.parent.name == "snapshots" else None
+    try:
+        verify_file(weights_path, export.weights["sha256"], export.weights["size"], index_dir=index_dir)
+    except ChecksumError as e:
+        if index_dir is not None:
+            evict(weights_path, index_dir)
+        raise ChecksumError(
+            f"{where}: the downloaded {WEIGHTS_NAME} is corrupt ({e}); it was removed from the "
+            "cache, run again to download it afresh."
+        ) from None
+    return export, commit
