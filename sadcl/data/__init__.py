@@ -20,6 +20,7 @@ _OWNERS = {
         "write_label_names",
     ),
     ".images": ("ImageLoadError", "check_image", "load_image", "to_rgb"),
+    ".layouts": ("LAYOUTS", "LayoutError", "LayoutReport", "SplitReport", "check_layout", "load_split"),
     ".mosaic": (
         "DEFAULT_FASHION_ROOT",
         "FASHION_LABELS",

@@ -16,6 +16,7 @@ from .._text import printable
 from ..data import CocoDataset, CSVDataset, FolderDataset, VOCDataset
 from ..data.datasets import MultiLabelDataset, missing_files, unwrap_worker_errors
 from ..data.images import ImageLoadError
+from ..data.layouts import LAYOUTS, SPLITS, load_split
 
 __all__ = [
     "DATA_FORMATS",
@@ -27,7 +28,7 @@ __all__ = [
     "with_transform",
 ]
 
-DATA_FORMATS = ("csv", "coco", "voc", "folder")
+DATA_FORMATS = ("csv", "coco", "voc", "folder", *LAYOUTS)
 
 
 @dataclass
@@ -36,7 +37,10 @@ class DataSpec:
 
     ``format``: ``csv`` (``path`` = CSV file, ``images`` = image root, default the CSV's folder),
     ``coco`` (``path`` = ``instances_*.json``, ``images`` = image folder), ``voc`` (``path`` = a VOC root,
-    ``split`` default ``trainval``, ``year``), ``folder`` (``path`` = labels file, ``images`` = image folder).
+    ``split`` default ``trainval``, ``year``), ``folder`` (``path`` = labels file, ``images`` = image folder),
+    or one of the paper's datasets in its own layout, :data:`~sadcl.data.layouts.LAYOUTS` (``coco2014``,
+    ``voc2007``, ``voc2012``, ``nuswide``, ``vg500``: ``path`` = the data root, ``split`` ``train`` (default)
+    or ``val``; :func:`~sadcl.data.layouts.load_split`).
     ``label_names``: a label-name file fixing the label order (csv/folder). ``skip_bad`` drops unreadable images.
     """
 
@@ -56,11 +60,27 @@ class DataSpec:
         if self.format in ("coco", "folder") and self.images is None:
             what = "the COCO image folder" if self.format == "coco" else "the image folder"
             raise ValueError(f"{self.format} data at {self.path} needs {what} (--images / DataSpec.images)")
+        if self.format in LAYOUTS:
+            if self.images is not None:
+                raise ValueError(
+                    f"{self.format} data: its layout fixes where the images are, so no image folder may be given "
+                    "(--images / DataSpec.images); give only the data root"
+                )
+            if self.label_names is not None:
+                raise ValueError(
+                    f"{self.format} data has its dataset's fixed label set, so no label-name file may be given "
+                    "(--label-names / DataSpec.label_names)"
+                )
+            self.split = self.split or "train"
+            if self.split not in SPLITS:
+                raise ValueError(f"the split of {self.format} data must be train or val, got {self.split!r}")
 
 
 def build_dataset(spec: DataSpec, transform: Any = None, label_names: Sequence[str] | None = None) -> Dataset:
     """The dataset ``spec`` describes, with ``transform``. ``label_names`` fixes the label order (csv/folder:
     a label outside it is an error naming the row; coco/voc have fixed label sets)."""
+    if spec.format in LAYOUTS:
+        return load_split(spec.format, spec.path, spec.split or "train", transform=transform, skip_bad=spec.skip_bad)
     names: Any = list(label_names) if label_names is not None else spec.label_names
     if spec.format == "csv":
         return CSVDataset(

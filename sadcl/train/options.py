@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..data.layouts import LAYOUTS
 from ..model import CONSTRUCTOR_KEYS
 from .config import TrainConfig, cli_flag
 from .data import DataSpec
@@ -25,6 +26,9 @@ DATA_OPTIONS = (
     "label_names",
     "skip_bad",
 )
+
+# (training, validation) split of a format whose data holds several; the paper's layouts: sadcl.data.layouts.
+DEFAULT_SPLITS = {"voc": ("trainval", "test"), **{name: ("train", "val") for name in LAYOUTS}}
 
 
 def parse_model_args(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def data_specs(options: Mapping[str, Any]) -> dict[str, DataSpec]:
             if o.get(images) is not None:
                 raise ValueError(f"{cli_flag(images)} was given without {cli_flag(key)}")
             continue
-        default_split = ("trainval" if key == "data" else "test") if fmt == "voc" else None
+        default_split = DEFAULT_SPLITS.get(fmt, (None, None))[key != "data"]
         specs[key] = DataSpec(
             o[key],
             fmt,

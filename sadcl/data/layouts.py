@@ -1,0 +1,245 @@
+"""The paper's five datasets read in the layouts their users have on disk, checked before any work.
+
+``check_layout(name, root)`` validates a dataset (``coco2014``, ``voc2007``, ``voc2012``, ``nuswide``,
+``vg500``; where each file lies: :mod:`sadcl.data.layout_files` and REFERENCE.md section e) and reports
+images, labels and problems per split; ``load_split(name, root, split)`` returns the split as a
+:class:`~sadcl.data.datasets.MultiLabelDataset` (``DataSpec(format=name, path=root, split=...)`` in training).
+
+Rules:
+  * the data root is the folder holding the dataset's files, or a folder holding it under its usual name
+    (``COCO2014/``, ``VOCdevkit/``, ``VOC2007/VOCdevkit/``, ``nuswide/``, ``VG/``);
+  * every missing folder or file of the dataset is named, all in one error line, with the path expected;
+  * images listed but absent on disk: without ``skip_bad`` any such image is an error (training would stop at
+    it), naming how many, the list and one of them; with ``skip_bad`` they are dropped and reported, unless
+    more than half of a split is missing (a wrong folder or an unfinished download: still an error);
+  * ``verify_images=True`` also opens every present image (Pillow ``verify``, in threads); unreadable ones
+    follow the same rule as missing ones;
+  * image files in an image folder that no list names are counted (information only);
+  * NUS-WIDE images without any label are dropped (the authors' choice); elsewhere they stay as all-negative
+    rows (COCO keeps its 702 unannotated train images, as the authors do). Both are counted in ``empty``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .._files import not_regular_reason, open_regular
+from .._text import printable
+from .datasets import MultiLabelDataset, missing_files
+from .layout_files import LAYOUTS, SPLITS, Layout, LayoutError, Listing, layout_for
+
+__all__ = ["LAYOUTS", "SPLITS", "LayoutError", "LayoutReport", "SplitReport", "check_layout", "load_split"]
+
+MISSING_LIMIT = 0.5  # with skip_bad: more than this share of a split missing means the wrong folder
+_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+@dataclass
+class SplitReport:
+    """What one split holds: ``images`` used, ``labels`` (classes), ``positives`` (1s in the targets),
+    ``empty`` (images without a label), ``unreadable``/``missing`` (listed images that cannot be used:
+    dropped with ``skip_bad``), ``unlisted`` (image files in the folder that no list names), one sample."""
+
+    name: str
+    images: int
+    labels: int
+    positives: int
+    empty: int
+    unreadable: int
+    unlisted: int
+    missing: int
+    sample_problem: str | None
+    empty_dropped: bool = False
+    list_file: str = ""
+    image_dir: str = ""
+    verified: bool = False
+
+
+@dataclass
+class LayoutReport:
+    """The result of :func:`check_layout`: the dataset, its data root and a :class:`SplitReport` per split."""
+
+    dataset: str
+    root: str
+    splits: dict[str, SplitReport]
+
+    def lines(self) -> list[str]:
+        """A human summary, one line per fact."""
+        out = [f"{self.dataset} data at {printable(self.root)}"]
+        for s in self.splits.values():
+            empty = ""
+            if s.empty:
+                kept = "dropped, as the authors do" if s.empty_dropped else "kept as all-negative rows"
+                empty = f"; {s.empty:,} without any label ({kept})"
+            out.append(
+                f"  {s.name}: {s.images:,} images, {s.labels} labels, {s.positives:,} positive labels{empty} "
+                f"(list: {printable(s.list_file)})"
+            )
+            decoded = f"{s.unreadable:,} unreadable" if s.verified else "images not decoded"
+            out.append(
+                f"  {s.name}: {s.missing:,} listed images missing, {decoded}, "
+                f"{s.unlisted:,} image files in {printable(s.image_dir)} named by no list (ignored)"
+            )
+            if s.sample_problem:
+                out.append(f"  {s.name}: e.g. {printable(s.sample_problem)}")
+        return out
+
+
+def _root(name: str, root: str | os.PathLike) -> tuple[Layout, Path]:
+    layout = layout_for(name)
+    path = Path(os.fspath(root))
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a folder"
+        raise LayoutError(f"{name} data root {printable(path)} {what}; give the folder that holds {layout.shape}")
+    return layout, path
+
+
+def _require(layout: Layout, root: Path, bases: Mapping[str, Path]) -> None:
+    """Raise one :class:`LayoutError` naming every missing folder/file of the splits in ``bases``."""
+    missing: list[str] = []
+    for split, base in bases.items():
+        missing += [m for m in layout.missing(base, split) if m not in missing]
+    if missing:
+        raise LayoutError(
+            f"{layout.name} data at {printable(root)} is incomplete: "
+            + "; ".join(f"missing {m}" for m in missing)
+            + f"; expected {layout.shape} under the data root; download or extract them there, "
+            "or give the folder that holds them"
+        )
+
+
+def _header_problem(path: str) -> str | None:
+    """None when ``path`` opens as an image and passes Pillow's ``verify``, else why not."""
+    reason = not_regular_reason(path)
+    if reason is not None:
+        return reason
+    try:
+        with open_regular(path, "image") as fp, Image.open(fp) as img:
+            img.verify()
+    except Exception as e:  # any failure of a third-party decoder on untrusted bytes is a bad image
+        return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return None
+
+
+def _unreadable(paths: list[str]) -> list[tuple[str, str]]:
+    workers = max(1, min(8, os.cpu_count() or 1))  # Pillow releases the GIL while reading
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [(p, r) for p, r in zip(paths, pool.map(_header_problem, paths)) if r is not None]
+
+
+def _unlisted(listings: Mapping[str, Listing]) -> dict[str, int]:
+    """Per split: image files in its image folder named by none of the lists reading that folder."""
+    by_dir: dict[str, set[str]] = {}
+    for li in listings.values():
+        by_dir.setdefault(str(li.image_dir), set()).update(li.paths, li.dropped)
+    counts = {}
+    for folder, listed in by_dir.items():
+        counts[folder] = sum(
+            1
+            for top, _, files in os.walk(folder)
+            for f in files
+            if os.path.splitext(f)[1].lower() in _IMAGE_SUFFIXES and os.path.join(top, f) not in listed
+        )
+    return {split: counts[str(li.image_dir)] for split, li in listings.items()}
+
+
+def _check_bad(name: str, split: str, li: Listing, bad: list[str], why: str, skip_bad: bool) -> None:
+    """The missing-image rule (module docstring): raise when ``bad`` images make the split unusable."""
+    n = len(li.paths)
+    if not n:
+        raise LayoutError(f"{printable(li.list_file)} lists no {name} {split} image with a label; check that file")
+    if not bad or (skip_bad and len(bad) <= MISSING_LIMIT * n):
+        return
+    head = f"{len(bad):,} of the {n:,} {name} {split} images listed in {printable(li.list_file)} are {why}"
+    where = f"(e.g. {printable(bad[0])})"
+    if skip_bad:
+        raise LayoutError(
+            f"{head} {where}: more than half, so {printable(li.image_dir)} is probably the wrong folder or "
+            "an unfinished download; complete it or give the right data root"
+        )
+    raise LayoutError(f"{head} {where}; restore them, or drop them with skip_bad=True")
+
+
+def _sample(missing: list[str], unreadable: list[tuple[str, str]]) -> str | None:
+    if missing:
+        return f"missing: {missing[0]}"
+    if unreadable:
+        return f"unreadable: {unreadable[0][0]} ({unreadable[0][1]})"
+    return None
+
+
+def check_layout(
+    name: str, root: str | os.PathLike, *, verify_images: bool = False, skip_bad: bool = False
+) -> LayoutReport:
+    """Validate dataset ``name`` under ``root`` and report each split (``train``, ``val``).
+
+    Raises :class:`LayoutError` (one line) when the data cannot be used: every missing folder/file named at
+    once, a malformed list or label file named with its line, or missing/unreadable images (see the module
+    docstring for when ``skip_bad`` lets those through).
+    """
+    layout, path = _root(name, root)
+    bases = {split: layout.base(path, split) for split in SPLITS}
+    _require(layout, path, bases)
+    listings = {split: layout.read(bases[split], split) for split in SPLITS}
+    unlisted = _unlisted(listings)
+    splits = {}
+    for split, li in listings.items():
+        missing = missing_files(li.paths)
+        _check_bad(name, split, li, missing, "missing", skip_bad)
+        unreadable: list[tuple[str, str]] = []
+        if verify_images:
+            absent = set(missing)
+            unreadable = _unreadable([p for p in li.paths if p not in absent])
+            _check_bad(name, split, li, [p for p, _ in unreadable], "unreadable", skip_bad)
+        splits[split] = SplitReport(
+            name=split,
+            images=len(li.paths),
+            labels=len(li.label_names),
+            positives=int(li.targets.sum()),
+            empty=li.empty,
+            unreadable=len(unreadable),
+            unlisted=unlisted[split],
+            missing=len(missing),
+            sample_problem=_sample(missing, unreadable),
+            empty_dropped=li.empty_dropped,
+            list_file=str(li.list_file),
+            image_dir=str(li.image_dir),
+            verified=verify_images,
+        )
+    return LayoutReport(name, str(path), splits)
+
+
+def load_split(
+    name: str,
+    root: str | os.PathLike,
+    split: str,
+    transform: Callable[[Image.Image], Any] | None = None,
+    skip_bad: bool = False,
+) -> MultiLabelDataset:
+    """Split ``split`` (``"train"`` or ``"val"``) of dataset ``name`` under ``root``, checked as
+    :func:`check_layout` checks it (without decoding); ``skip_bad`` drops missing and unreadable images."""
+    if split not in SPLITS:
+        raise LayoutError(f"split of the {name} data must be 'train' or 'val', got {printable(split)!r}")
+    layout, path = _root(name, root)
+    base = layout.base(path, split)
+    _require(layout, path, {split: base})
+    li = layout.read(base, split)
+    _check_bad(name, split, li, missing_files(li.paths), "missing", skip_bad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one message per problem: the dataset's own "skipped" warning below
+        dataset = MultiLabelDataset(li.paths, li.targets, li.label_names, transform, skip_bad=skip_bad)
+    if dataset.skipped:
+        warnings.warn(
+            f"{name} {split}: dropped {len(dataset.skipped):,} missing or unreadable image(s) listed in "
+            f"{printable(li.list_file)}, e.g. {printable(dataset.skipped[0])}",
+            stacklevel=2,
+        )
+    return dataset
