@@ -191,16 +191,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # -- train / eval -----------------------------------------------------------------------------------------
-_DATA_FORMATS = ("csv", "coco", "voc", "folder")  # sadcl.train.data.DATA_FORMATS (not imported: keeps startup light)
+_LAYOUTS = ("coco2014", "voc2007", "voc2012", "nuswide", "vg500")  # sadcl.data.layouts.LAYOUTS (startup stays light)
+_DATA_FORMATS = ("csv", "coco", "voc", "folder", *_LAYOUTS)  # sadcl.train.data.DATA_FORMATS
 
 
 def _data_args(p: argparse.ArgumentParser, default: Callable[[object], object], training: bool) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
+        "--data-root",
         default=default(None),
         metavar="PATH",
-        help="CSV file | COCO instances JSON | VOC root | labels file (see --data-format)",
+        help="CSV file | COCO instances JSON | VOC root | labels file | the data root of a paper dataset "
+        f"({', '.join(_LAYOUTS)}; see --data-format)",
     )
     g.add_argument(
         "--images",
@@ -211,9 +214,18 @@ def _data_args(p: argparse.ArgumentParser, default: Callable[[object], object], 
     if training:
         g.add_argument("--val-data", default=default(None), metavar="PATH", help="validation data, same format")
         g.add_argument("--val-images", default=default(None), metavar="DIR")
-        g.add_argument("--val-split", default=default(None), help="VOC split of the validation data (default: test)")
+        g.add_argument(
+            "--val-split",
+            default=default(None),
+            help="split of the validation data (default: voc test, paper datasets val)",
+        )
     g.add_argument("--data-format", choices=_DATA_FORMATS, default=default("csv"), help="(default: csv)")
-    g.add_argument("--split", default=default(None), help=f"VOC split (default: {'trainval' if training else 'test'})")
+    g.add_argument(
+        "--split",
+        default=default(None),
+        help=f"VOC split (default: {'trainval' if training else 'test'}); train or val for the paper datasets "
+        f"(default: {'train' if training else 'val'})",
+    )
     g.add_argument("--voc-year", default=default("2007"), help="VOC year (default: 2007)")
     if training:  # evaluation data always takes the model's label order
         g.add_argument(
@@ -435,7 +447,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             images=args.images,
             data_format=args.data_format,
             val_split=None,
-            split=args.split or ("test" if args.data_format == "voc" else None),
+            split=args.split or {"voc": "test", **dict.fromkeys(_LAYOUTS, "val")}.get(args.data_format),
             voc_year=args.voc_year,
             skip_bad=args.skip_bad,
         )
