@@ -58,14 +58,15 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) ->
     return removed
 
 
-def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append ``line`` (one record, ending in a newline) to ``path`` whole or not at all.
+def append_line(path: str | os.PathLike, line: str | bytes) -> None:
+    """Append ``line`` (one record or several, ending in a newline; text is written as UTF-8) to ``path`` whole
+    or not at all.
 
     A failed write (e.g. a full disk) truncates the file back to its previous size, so a reader never sees
     a torn record, and raises ``OSError`` naming the file. (Only a process killed inside the write can leave
     a partial last line; :func:`drop_partial_last_line` removes it before the next writer appends.)
     """
-    data = line.encode("utf-8")
+    data = line.encode("utf-8") if isinstance(line, str) else line
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         start = os.fstat(fd).st_size

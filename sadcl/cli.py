@@ -118,76 +118,48 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="go on past unreadable images, name each on stderr and exit 1 (default: stop at the first)",
     )
+    p.add_argument("--recursive", action="store_true", help="read the images of sub-folders too (sorted, depth first)")
+    p.add_argument(
+        "--workers",
+        type=_count,
+        help="processes decoding images while the model scores (default: half the cores, at most 4; 0: none)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write one record per image to FILE as each batch is scored: .jsonl (JSON Lines) or .csv",
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted job that wrote --output (same images, same model): skip what it holds",
+    )
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (shown on a terminal, with images/s and ETA)",
+    )
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
 
 
-def _expand_images(items: Sequence[str]) -> list[str]:
-    """Files and URLs as given (the image loader refuses special files among them, the fetcher any scheme but
-    http(s)); a folder becomes its image files, regular files only (a FIFO or socket named ``x.png`` would block
-    the reader, a looping link fails)."""
-    from ._files import not_regular_reason
-    from .data.remote import is_url
-
-    out: list[str] = []
-    for item in items:
-        path = Path(item)
-        if not is_url(item) and path.is_dir():
-            files = sorted(
-                str(f) for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not_regular_reason(f) is None
-            )
-            if not files:
-                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {item}")
-            out.extend(files)
-        else:
-            out.append(item)
-    return out
-
-
-@command("predict", "per-label scores for images", _predict_args)
+@command("predict", "per-label scores for images, streamed to stdout or to --output FILE (resumable)", _predict_args)
 def cmd_predict(args: argparse.Namespace) -> int:
-    from . import predict
-    from .inference import ImageSkippedWarning, NonFiniteScoreWarning
-    from .zoo.factory import model_from_args
+    from .tagging.job import JobOptions, run  # sadcl.tagging: streaming, output files, resume, torchrun
 
-    images = _expand_images(args.images)
-    model = model_from_args(args.model, args.checkpoint)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ImageSkippedWarning)
-        warnings.simplefilter("always", NonFiniteScoreWarning)
-        results = predict(
-            model,
-            images,
-            threshold=args.threshold,
-            top_k=args.top_k,
-            batch_size=args.batch_size,
-            device=args.device,
-            progress=len(images) > args.batch_size and not args.json,
-            skip_bad=args.skip_bad,
-        )
-    reported = [w for w in caught if issubclass(w.category, (ImageSkippedWarning, NonFiniteScoreWarning))]
-    for w in caught:  # any other warning is shown as Python would have shown it
-        if w not in reported:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if args.json:  # exact names (JSON escapes them); NaN, which JSON lacks, becomes null
-        out = {
-            img: None if res is None else {n: s if math.isfinite(s) else None for n, s in res.items()}
-            for img, res in zip(images, results)
-        }
-        print(json.dumps(out, indent=2, allow_nan=False))
-    else:  # names from files are escaped: they reach a terminal
-        for img, res in zip(images, results):
-            if res is not None:
-                labels = (
-                    ", ".join(f"{printable(name)} {score:.3f}" for name, score in res.items())
-                    or "(no label above threshold)"
-                )
-                print(f"{printable(img)}: {labels}")
-    for w in reported:  # one line each: skipped files, NaN scores
-        kind = "" if issubclass(w.category, ImageSkippedWarning) else "warning: "
-        print(f"sadcl predict: {kind}{one_line(str(w.message))}", file=sys.stderr)
-    return 1 if reported else 0  # results printed, but incomplete
+    return run(JobOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
 
 
 # -- train / eval -----------------------------------------------------------------------------------------
@@ -601,6 +573,80 @@ def cmd_push(args: argparse.Namespace) -> int:
         revision=args.revision,
         commit_message=args.message,
     )
+    return 0
+
+
+# -- reproduce ----------------------------------------------------------------------------------------------
+def _reproduce_args(p: argparse.ArgumentParser) -> None:
+    from .reproduce.recipes import DATASETS  # plain data: no torch at `sadcl --help`
+
+    p.add_argument("dataset", metavar="DATASET", choices=tuple(DATASETS), help=f"one of {', '.join(DATASETS)}")
+    p.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="the dataset as released (README); a --dry-run without it plans with the release's counts",
+    )
+    p.add_argument("--output", dest="output_dir", metavar="RUN", help="run folder (default: runs/reproduce-DATASET)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan and a GPU time/memory estimate; write nothing"
+    )
+    p.add_argument("--init", metavar="FILE", help="voc2007/voc2012: the COCO model `sadcl reproduce coco2014` wrote")
+    p.add_argument(
+        "--repo-id",
+        metavar="ORG/NAME",
+        help="Hub repository in the printed record and push command (nothing is uploaded)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --output folder holding another run or other files (replaces only plan.json, "
+        "eval.json and the files train and export write in step1/, step2/, export/)",
+    )
+    p.add_argument("--verify-images", action="store_true", help="decode every image first (minutes on COCO)")
+    p.add_argument("--stop-after-epochs", type=int, metavar="N", help="end after N epochs; rerun to continue")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    o = p.add_argument_group("overrides (smaller GPUs, smoke tests): any of them makes it not the paper's recipe")
+    o.add_argument("--epochs", type=int, help="OneCycle length of each step (paper: 80, early stopping)")
+    o.add_argument("--batch-size", type=int, help="global batch (paper: 64)")
+    o.add_argument("--model", metavar="VARIANT", help="another architecture, e.g. sadcl_tiny (paper: ResNet-101)")
+    o.add_argument("--img-size", type=int, help="resolution (paper: the variant's, 448 or 576)")
+    o.add_argument("--amp", choices=("bf16", "fp16", "none"), help="CUDA autocast (recipe: bf16)")
+    o.add_argument(
+        "--no-pretrained-backbone",
+        dest="pretrained_backbone",
+        action="store_false",
+        default=None,
+        help="random initialisation instead of the ImageNet backbone (smoke tests only)",
+    )
+    o.add_argument("--patience", type=int, help="early-stopping patience in epochs (paper: 8)")
+    r = p.add_argument_group("run settings (the recipe unchanged)")
+    r.add_argument("--num-workers", type=int, help="data-loading processes (default: min(4, CPU cores))")
+    r.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
+
+
+def _warn_reproduce(message, category, filename, lineno, file=None, line=None) -> None:
+    text = getattr(message, "cli", message)
+    print(f"sadcl reproduce: warning: {one_line(str(text))}", file=sys.stderr if file is None else file)
+
+
+@command(
+    "reproduce",
+    "reproduce a paper checkpoint: both training steps, evaluation next to the paper's numbers, export",
+    _reproduce_args,
+)
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce.run import reproduce
+    from .train.config import ConfigError
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "dataset", "data_root")}
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _warn_reproduce
+            reproduce(
+                args.dataset, args.data_root, say=lambda line: print(line, flush=True), on_epoch=_print_epoch, **options
+            )
+    except ConfigError as e:  # the same message in the command line's words (flags, not keywords)
+        raise ValueError(e.cli) from None
     return 0
 
 

@@ -19,11 +19,12 @@ from PIL import Image
 import sadcl
 from sadcl import cli
 from sadcl._text import one_line, printable, with_details
-from sadcl.cli import _cli_words, _expand_images, build_parser, main
+from sadcl.cli import _cli_words, build_parser, main
 from sadcl.data.images import ImageLoadError
 from sadcl.inference import ImageSkippedWarning, NonFiniteScoreWarning
 from sadcl.model import SADCL
 from sadcl.model.sadcl import resolve_labels
+from sadcl.tagging.paths import iter_images
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
 from sadcl.zoo.safetensors_io import save_safetensors
 
@@ -377,7 +378,7 @@ def test_folder_listing_leaves_out_special_files(tmp_path):
     os.mkfifo(tmp_path / "pipe.png")
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    assert _expand_images([str(tmp_path)]) == [str(tmp_path / "a.png")]
+    assert list(iter_images([str(tmp_path)])) == [str(tmp_path / "a.png")]
 
 
 # -- 4. NaN never reaches JSON; options checked at the door -------------------------------------------------------

@@ -1,0 +1,268 @@
+"""``sadcl predict``: score a stream of images and write each batch's results as soon as it is scored, to stdout
+or to an ``--output`` file that an interrupted job ``--resume``\\ s; split over ``torchrun`` processes."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+from .._files import not_regular_reason
+from .._text import one_line, printable
+from . import shard
+from .output import ExistingOutput, Record, StdoutJson, StdoutText, Writer, output_file
+from .paths import check_folders, iter_images
+
+__all__ = ["JobOptions", "run"]
+
+SHOWN = 5  # images named in the NaN summary
+
+
+@dataclass
+class JobOptions:
+    """What ``sadcl predict`` was asked (the command line's options, by their ``dest`` names)."""
+
+    images: Sequence[str]
+    model: str | None = None
+    checkpoint: str | None = None
+    threshold: float | None = None
+    top_k: int | None = None
+    batch_size: int = 16
+    device: str | None = None
+    workers: int | None = None
+    json: bool = False
+    skip_bad: bool = False
+    output: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    recursive: bool = False
+    progress: bool = True
+
+
+def _check_output(o: JobOptions) -> None:
+    """Refuse an ``--output`` that cannot be written as asked, before the model is loaded."""
+    if o.output is None:
+        if o.resume or o.overwrite:
+            raise ValueError(f"{'--resume' if o.resume else '--overwrite'} needs --output FILE (.jsonl or .csv)")
+        return
+    if o.json:
+        raise ValueError("--json prints to stdout; with --output the format comes from its extension (.jsonl, .csv)")
+    output_file(o.output, [])  # the extension
+    reason = not_regular_reason(o.output)
+    if reason == "file not found":
+        return
+    if reason is not None:
+        raise ValueError(f"--output {o.output}: {reason}")
+    if not (o.resume or o.overwrite):
+        raise FileExistsError(
+            f"--output {o.output} exists: pass --resume to continue the job that wrote it, or --overwrite to replace it"
+        )
+
+
+def _device(o: JobOptions, group: shard.Group) -> str | None:
+    """One GPU per process under torchrun (``cuda:LOCAL_RANK``) unless ``--device`` says otherwise."""
+    if group.world > 1 and o.device in (None, "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{group.local_rank}"
+    return o.device
+
+
+def _kept(scores: dict[str, float], threshold: float | None, top_k: int | None) -> dict[str, float]:
+    """The labels ``--threshold``/``--top-k`` keep of ``scores`` (ranked best first, NaN last, as
+    :func:`sadcl.iter_predict` gives them): the same selection as ``iter_predict(threshold=, top_k=)``."""
+    items = scores.items()
+    if threshold is not None:
+        items = [(n, s) for n, s in items if s > threshold]  # NaN is never above
+    return dict(islice(items, top_k))
+
+
+def _records(predictions: Iterable[list], o: JobOptions) -> Iterator[Record]:
+    for batch in predictions:
+        for p in batch:
+            if p.error is not None:
+                yield Record(str(p.image), None, p.error)
+            else:
+                nan = any(math.isnan(s) for s in p.scores.values())
+                yield Record(str(p.image), _kept(p.scores, o.threshold, o.top_k), None, nan)
+
+
+class _Count(threading.Thread):
+    """Counts the inputs (without keeping them) so that the progress bar can show an ETA."""
+
+    def __init__(self, o: JobOptions) -> None:
+        super().__init__(name="sadcl-count-images", daemon=True)
+        self.o, self.total, self.stopped = o, None, threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        try:
+            for _ in iter_images(self.o.images, self.o.recursive):
+                if self.stopped.is_set():
+                    return
+                n += 1
+        except OSError:  # the job itself reports an unreadable folder
+            return
+        self.total = n
+
+
+class _Report:
+    """Rank 0's side of the job: the output, the progress bar, the messages and the exit code."""
+
+    def __init__(self, o: JobOptions, labels: list[str], done: int, existing: ExistingOutput | None) -> None:
+        self.o, self.done_before, self.new, self.skipped, self.nan, self.nan_names = o, done, 0, 0, 0, []
+        self.writer = None
+        if o.output is not None:
+            self.writer = Writer(output_file(o.output, labels), existing=existing, overwrite=o.overwrite)
+        self.stdout = None if o.output is not None else StdoutJson() if o.json else StdoutText()
+        self.bar, self.count = None, None
+        if o.progress and sys.stderr.isatty() and not (o.json and o.output is None):
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="predict", unit="image", initial=done, file=sys.stderr, dynamic_ncols=True)
+            self.count = _Count(o)
+            self.count.start()
+
+    def say(self, text: str, file=None) -> None:
+        """Print ``text`` (whole lines) without tearing the progress bar."""
+        file = file or sys.stderr
+        if self.bar is None:
+            file.write(text)
+            file.flush()
+            return
+        with self.bar.external_write_mode(file=file):
+            file.write(text)
+            file.flush()
+
+    def add(self, records: list[Record]) -> None:
+        if self.writer is not None:
+            self.writer.write(records)
+        else:
+            self.say(self.stdout.encode(records), sys.stdout)
+        for r in records:
+            if r.error is not None:
+                self.skipped += 1
+                self.say(f"sadcl predict: skipped: {one_line(r.error)}\n")
+            elif r.nan:
+                self.nan += 1
+                if len(self.nan_names) < SHOWN:
+                    self.nan_names.append(printable(r.image))
+        self.new += len(records)
+        if self.bar is not None:
+            if self.bar.total is None and self.count.total is not None:
+                self.bar.total = self.count.total
+            self.bar.update(len(records))
+
+    def finish(self) -> int:
+        if self.bar is not None:
+            self.count.stopped.set()
+            self.bar.close()
+        if self.stdout is not None:
+            self.say(self.stdout.close(), sys.stdout)
+        scored = self.new - self.skipped
+        if self.nan:
+            more = f" and {self.nan - SHOWN} more" if self.nan > SHOWN else ""
+            self.say(
+                f"sadcl predict: warning: NaN scores for {self.nan} of {scored} images ({', '.join(self.nan_names)}"
+                f"{more}): the model's weights or its preprocessing (mean/std) are broken\n"
+            )
+        if self.o.output is not None:
+            path = printable(self.o.output)
+            total = self.done_before + self.new
+            if self.new == 0:
+                self.say(f"{path}: holds all {total} images already; nothing to do\n", sys.stdout)
+            else:
+                skipped = f", {self.skipped} skipped" if self.skipped else ""
+                resumed = f" ({self.new} new)" if self.done_before else ""
+                self.say(f"{path}: {total} images{resumed}{skipped}\n", sys.stdout)
+        return 1 if self.skipped or self.nan else 0
+
+
+def _resume(o: JobOptions, labels: list[str], inputs: Iterator[str]) -> tuple[int, ExistingOutput | None]:
+    """Rank 0: check the records of the ``--output`` being resumed against the inputs, consuming one input per
+    record; cut a torn last record. Returns the number of records and the file (None: no file yet)."""
+    if o.output is None or not o.resume or not os.path.exists(o.output):
+        return 0, None
+    existing = ExistingOutput(output_file(o.output, labels))
+    done = 0
+    for done, image in enumerate(existing.images(), start=1):
+        given = next(inputs, None)
+        if given is None:
+            raise ValueError(
+                f"--resume: --output {o.output} holds {done} or more records but there are only {done - 1} "
+                "images: the inputs changed since the job started; give the same images, or a new --output"
+            )
+        if given != image:
+            raise ValueError(
+                f"--resume: record {done} of --output {o.output} is {printable(repr(image))} but image {done} is "
+                f"now {printable(repr(given))}: the inputs changed since the job started; give the same images "
+                "(and --recursive as before), or a new --output"
+            )
+    cut = existing.drop_torn_tail()
+    if cut:
+        print(
+            f"sadcl predict: --resume: cut a torn last record ({cut} bytes) from {printable(o.output)}: a job was "
+            "stopped while writing it; its image is scored again",
+            file=sys.stderr,
+        )
+    return done, existing
+
+
+def run(o: JobOptions) -> int:
+    """Run the job; the exit code: 0 all done, 1 done but some images skipped or with NaN scores. Errors raise
+    (one line each); under torchrun only rank 0 raises, the other processes return 2 quietly."""
+    _check_output(o)
+    check_folders(o.images, o.recursive)
+    group = shard.join()
+    try:
+        return _run(o, group)
+    except shard.PeerFailed:
+        return 2
+    finally:
+        shard.leave(group)
+
+
+def _run(o: JobOptions, group: shard.Group) -> int:
+    from ..inference import NonFiniteScoreWarning, iter_predict
+    from ..zoo.factory import model_from_args
+
+    model, error = None, None
+    try:
+        model = model_from_args(o.model, o.checkpoint)
+    except Exception as e:
+        error = e
+    shard.settle(group, error)
+    labels = list(model.label_names)
+
+    inputs = iter_images(o.images, o.recursive)
+    done, existing, error = 0, None, None
+    if group.is_main:
+        try:
+            done, existing = _resume(o, labels, inputs)
+        except Exception as e:
+            error = e
+    shard.settle(group, error)
+    done = shard.broadcast(group, done)
+    if not group.is_main:
+        inputs = islice(inputs, done, None)
+
+    report = _Report(o, labels, done, existing) if group.is_main else None
+    mine = shard.dealt(inputs, o.batch_size, group)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteScoreWarning)  # counted over the whole job below
+        predictions = iter_predict(
+            model, mine, batch_size=o.batch_size, device=_device(o, group), workers=o.workers, skip_bad=o.skip_bad
+        )
+        batches = shard.chunks(_records(predictions, o), o.batch_size)
+        try:
+            for records in shard.rounds(batches, o.batch_size, group):
+                report.add(records)
+        finally:
+            predictions.close()  # ends the decoding workers now (also on an error or Ctrl-C)
+    return report.finish() if report is not None else 0
