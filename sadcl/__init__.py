@@ -23,6 +23,8 @@ _LAZY = {
     "create_transform": ".data.preprocessing",
     "attention_maps": ".inference",
     "predict": ".inference",
+    "iter_predict": ".inference",
+    "Prediction": ".inference",
     "MemoryBank": ".train.memory",
     "load_official_checkpoint": ".zoo.convert",
 }
@@ -30,10 +32,12 @@ _LAZY = {
 __all__ = [
     "SADCL",
     "MemoryBank",
+    "Prediction",
     "__version__",
     "attention_maps",
     "create_model",
     "create_transform",
+    "iter_predict",
     "list_models",
     "list_pretrained",
     "load_official_checkpoint",

@@ -1,0 +1,242 @@
+"""A stream of images decoded for inference: loaded, resized to the model's size, delivered as uint8 batches.
+
+Inference spends little on each image besides the network, but what it spends (open, decode, convert, resize)
+runs once per image in Python. :func:`decoded_batches` takes that work out of the scoring loop:
+
+* each batch is decoded by one worker process (``workers`` of them), while the main process scores the batch
+  before it; ``workers=0`` decodes in the calling process, one batch at a time;
+* an image is resized to the model's size on the 8-bit PIL image, exactly as
+  :func:`sadcl.create_transform` does, and delivered as ``uint8`` ``[B, H, W, 3]``: four times less to copy
+  than float, and the float conversion and normalisation run once per batch (:func:`normalise`);
+* the input is read lazily, at most ``prefetch`` batches ahead of the one being scored, so a generator of
+  millions of paths streams through in flat memory;
+* an unreadable image becomes a one-line message naming it (raised as the loader's own error type in the
+  calling process, never a worker's traceback); the workers are ended when the stream is closed, exhausted or
+  abandoned by an exception (``KeyboardInterrupt`` included: workers ignore SIGINT and are terminated by the
+  main process).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import chain, islice
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import ImageLoadError, load_image
+from .transforms import _PIL_RESAMPLE
+
+ImageInput = str | os.PathLike | Image.Image
+
+MAX_DEFAULT_WORKERS = 4
+
+
+def load_item(item: ImageInput) -> Image.Image:
+    """An input as an upright 8-bit RGB image: a PIL image or file through ``load_image``; an ``http(s)://`` URL
+    string fetched first (bounded in time and size, :mod:`sadcl.data.remote`); any other ``scheme://`` is
+    refused."""
+    from . import remote  # light: it imports requests only when a URL is fetched
+
+    return remote.fetch_image(item) if remote.is_url(item) else load_image(item)
+
+
+def decode(item: ImageInput, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+    """``item`` loaded and squash-resized to ``size`` ``(h, w)``: ``uint8`` ``[h, w, 3]``.
+
+    The resize is torchvision's ``Resize((h, w))`` on a PIL image (PIL's resampling, skipped when the image
+    already has that size), so ``ToTensor`` + ``Normalize`` of the result is :func:`sadcl.create_transform`.
+    """
+    img = load_item(item)
+    h, w = size
+    if img.size != (w, h):
+        img = img.resize((w, h), _PIL_RESAMPLE[interpolation])
+    return np.asarray(img)
+
+
+@dataclass
+class DecodedBatch:
+    """One batch of the stream: the input items, the pixels of those that loaded, and why the others did not."""
+
+    items: list
+    pixels: np.ndarray  # uint8 [k, H, W, 3]: the k items that loaded, in input order
+    loaded: list[int]  # positions in ``items`` of the rows of ``pixels``
+    failures: dict[int, ImageLoadError] = field(default_factory=dict)  # position in ``items`` -> its error
+
+
+def _decode_chunk(items: Sequence[ImageInput], size: tuple[int, int], interpolation: str) -> tuple:
+    """Decode a batch (in a worker): pixels, loaded positions, ``{position: ImageLoadError}`` and the warnings
+    raised as ``(category, message)`` (a worker's own stderr is not where a caller looks)."""
+    h, w = size
+    pixels = np.empty((len(items), h, w, 3), np.uint8)  # filled in place: one copy per image
+    loaded: list[int] = []
+    failures: dict[int, ImageLoadError] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i, item in enumerate(items):
+            try:
+                pixels[len(loaded)] = decode(item, size, interpolation)
+            except ImageLoadError as e:  # the loader's message names the file (or URL) and the reason
+                failures[i] = e.with_traceback(None)  # pickled without its frames
+                continue
+            loaded.append(i)
+    return pixels[: len(loaded)], loaded, failures, [(w.category, str(w.message)) for w in caught]
+
+
+def _as_batch(items: list, result: tuple) -> DecodedBatch:
+    pixels, loaded, failures, caught = result
+    for category, message in caught:  # the worker's warnings, raised where the caller can see them
+        warnings.warn(message, category, stacklevel=3)
+    return DecodedBatch(items, pixels, loaded, failures)
+
+
+def _ignore_sigint() -> None:
+    """Worker start-up: Ctrl-C reaches the whole process group; the main process alone handles it (and ends the
+    workers), so no worker prints a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_workers() -> int:
+    """Decoding processes when ``workers=None`` and the input is more than one batch: half the usable cores
+    (the model's threads use the rest), at least 1, at most ``MAX_DEFAULT_WORKERS``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cores // 2))
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork (Linux): a worker starts in milliseconds and imports nothing; it runs only Pillow and NumPy, never
+    # torch, so the parent's threads do not matter. Elsewhere the platform's default start method.
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else None)
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+
+
+def _end(pool: ProcessPoolExecutor, pending: Iterable[Future]) -> None:
+    """Cancel what has not started, end the workers now (not after their current batch) and reap them."""
+    for fut in pending:
+        fut.cancel()
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+    else:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _name(item: object) -> str:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"a {type(item).__name__}"
+
+
+def _chunks(images: Iterable[object], batch_size: int) -> Iterator[list]:
+    """``images`` in lists of ``batch_size``, read lazily, each item checked to be something loadable."""
+    it = iter(images)
+    index = 0
+    while items := list(islice(it, batch_size)):
+        for item in items:
+            if not isinstance(item, (str, os.PathLike, Image.Image)):
+                raise TypeError(
+                    f"image {index}: expected a file path, an http(s) URL or a PIL image, got {type(item).__name__}"
+                )
+            index += 1
+        yield items
+
+
+def _portable(item: ImageInput) -> ImageInput:
+    """What crosses to a worker: a path as ``str`` (any ``os.PathLike`` object pickles that way)."""
+    return os.fspath(item) if isinstance(item, os.PathLike) else item
+
+
+def decoded_batches(
+    images: Iterable[ImageInput],
+    size: tuple[int, int],
+    interpolation: str = "bilinear",
+    *,
+    batch_size: int = 16,
+    workers: int | None = None,
+    prefetch: int | None = None,
+) -> Iterator[DecodedBatch]:
+    """The batches of ``images``, decoded (:func:`decode`), in input order.
+
+    ``workers``: decoding processes; 0: in this process, one batch at a time; ``None``: in this process when
+    the input is a single batch (no start-up cost for one image), else :func:`default_workers`.
+    ``prefetch``: batches decoded or being decoded ahead of the one the caller holds (default ``workers + 1``:
+    each worker has one queued); at most ``prefetch + 1`` batches of the input are read ahead. When reading the
+    input fails, the batches before the failure are delivered first. Close the generator (or let it finish)
+    to end the workers; a ``break`` or an exception in a ``for`` loop over it does so when it is released.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    chunks = _chunks(images, batch_size)
+    if workers is None:
+        head = list(islice(chunks, 2))  # one batch only: decoding in place is faster than starting workers
+        workers = default_workers() if len(head) > 1 else 0
+        chunks = chain(head, chunks)
+    if workers == 0:
+        for items in chunks:
+            yield _as_batch(items, _decode_chunk(items, size, interpolation))
+        return
+    ahead = workers + 1 if prefetch is None else max(1, prefetch)
+    pool = _pool(workers)
+    pending: deque[tuple[list, Future]] = deque()
+    input_error: Exception | None = None
+    finished = False
+    try:
+        while True:
+            while input_error is None and len(pending) < ahead:
+                try:
+                    items = next(chunks, None)
+                except Exception as e:  # raised after the batches read before it are delivered
+                    input_error = e
+                    break
+                if items is None:
+                    break
+                portable = [_portable(x) for x in items]
+                pending.append((items, pool.submit(_decode_chunk, portable, size, interpolation)))
+            if not pending:
+                break
+            items, fut = pending.popleft()
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                raise ImageLoadError(
+                    "a decoding worker process died (killed, out of memory, or a crash in an image decoder) "
+                    f"while reading one of {len(items)} images starting with {_name(items[0])}; run with "
+                    "workers=0 to find the file"
+                ) from None
+            yield _as_batch(items, result)
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _end(pool, (f for _, f in pending))
+    if input_error is not None:
+        raise input_error
+
+
+def normalise(
+    pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: torch.device | None = None
+) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` → float ``[B, 3, H, W]`` on ``device`` (channels_last), ``(x / 255 - mean) / std``:
+    ``ToTensor`` + ``Normalize`` of a batch, the same operations in the same order (bit-identical results).
+
+    The uint8 pixels travel to the device (pinned first on CUDA, so the copy is asynchronous) and are converted
+    there: a quarter of the bytes of float. ``mean`` and ``std``: float32 ``[3, 1, 1]`` on ``device``.
+    """
+    x = torch.from_numpy(pixels)
+    if device is not None and device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device or x.device, non_blocking=True).permute(0, 3, 1, 2)  # a view: NHWC memory is channels_last
+    return x.float().div_(255).sub_(mean).div_(std)

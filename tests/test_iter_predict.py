@@ -1,0 +1,199 @@
+"""sadcl.iter_predict: streamed, lazy, ordered scoring with decoding workers; the same numbers as predict."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sadcl
+from sadcl.data import stream
+from sadcl.data.images import ImageLoadError, load_image
+from sadcl.data.mosaic import make_mosaics, mosaic_to_pil
+from sadcl.inference import NonFiniteScoreWarning, Prediction, iter_predict, predict_scores
+from sadcl.model import SADCL
+
+# (width, height, mode, format): odd sizes around and far from 56 px, every mode load_image converts
+KINDS = [
+    (56, 56, "RGB", "PNG"),
+    (57, 203, "L", "PNG"),
+    (400, 131, "P", "PNG"),
+    (73, 61, "RGBA", "PNG"),
+    (56, 56, "RGB", "JPEG"),
+    (299, 388, "RGB", "JPEG"),
+    (41, 90, "L", "JPEG"),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sadcl.create_model("sadcl_fashion_mosaic", pretrained=True).eval()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> list[Path]:
+    """Fashion mosaics written at mixed sizes, modes and formats (14 images)."""
+    root = tmp_path_factory.mktemp("mosaics")
+    images, _, _ = make_mosaics("test", 2 * len(KINDS), seed=3)
+    paths = []
+    for i, arr in enumerate(images):
+        w, h, mode, fmt = KINDS[i % len(KINDS)]
+        img = mosaic_to_pil(arr).resize((w, h), Image.Resampling.BICUBIC)
+        if mode == "RGBA":
+            img = img.convert("RGBA")
+            img.putalpha(Image.fromarray(np.linspace(0, 255, w * h, dtype=np.uint8).reshape(h, w)))
+        else:
+            img = img.convert(mode)
+        path = root / f"m{i:02d}.{'png' if fmt == 'PNG' else 'jpg'}"
+        img.save(path, fmt)
+        paths.append(path)
+    return paths
+
+
+def children() -> set[int]:
+    """This process's child processes (Linux /proc)."""
+    kids: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        kids |= {int(p) for p in (task / "children").read_text().split()}
+    return kids
+
+
+def flat(batches) -> list[Prediction]:
+    return [p for batch in batches for p in batch]
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_batch_pixels_match_create_transform(folder, interpolation):
+    cfg = {"input_size": (3, 56, 48), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    cfg["interpolation"] = interpolation
+    transform = sadcl.create_transform(cfg)
+    mean, std = (torch.tensor(cfg[k]).view(3, 1, 1) for k in ("mean", "std"))
+    (batch,) = stream.decoded_batches(folder, (56, 48), interpolation, batch_size=len(folder), workers=0)
+    got = stream.normalise(batch.pixels, mean, std)
+    expected = torch.stack([transform(load_image(p)) for p in folder])
+    assert got.shape == expected.shape == (len(folder), 3, 56, 48)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_ordered_and_equal_to_predict_with_workers(model, folder):
+    paths = [str(p) for p in folder]
+    batches = list(iter_predict(model, iter(paths), batch_size=3, workers=2, top_k=4))
+    assert [len(b) for b in batches] == [3, 3, 3, 3, 2]
+    preds = flat(batches)
+    assert [p.index for p in preds] == list(range(len(paths))) and [p.image for p in preds] == paths
+    assert all(p.error is None and len(p.scores) == 4 for p in preds)
+    in_process = sadcl.predict(model, folder, workers=0)
+    probs = predict_scores(model, folder, batch_size=5, workers=2)
+    for p, ref, row in zip(preds, in_process, probs.tolist()):
+        assert list(p.scores) == list(ref)[:4]
+        assert p.scores == pytest.approx({k: ref[k] for k in p.scores}, abs=1e-5)
+        assert [ref[n] for n in model.label_names] == pytest.approx(row, abs=1e-5)
+    transform = sadcl.create_transform(model)
+    x = torch.stack([transform(load_image(p)) for p in folder])
+    with torch.no_grad():
+        direct = torch.sigmoid(model(x))
+    assert probs == pytest.approx(direct, abs=1e-5)
+
+
+def test_generator_is_read_lazily_and_its_error_comes_after_earlier_batches(model, folder):
+    pulled = []
+
+    def paths():
+        for p in folder[:6]:
+            pulled.append(p)
+            yield p
+        raise RuntimeError("the listing failed")
+
+    it = iter_predict(model, paths(), batch_size=2, workers=1)
+    assert pulled == []  # nothing read at the call
+    first = next(it)
+    assert [p.index for p in first] == [0, 1]
+    assert len(pulled) <= 2 * 3  # workers + 2 batches at most: bounded read-ahead
+    assert [p.index for p in next(it)] == [2, 3]
+    assert [p.index for p in next(it)] == [4, 5]  # every batch read before the failure is delivered
+    with pytest.raises(RuntimeError, match="the listing failed"):
+        next(it)
+
+
+def test_predict_takes_a_generator(model, folder):
+    assert sadcl.predict(model, (p for p in folder[:5]), top_k=2, batch_size=2) == sadcl.predict(
+        model, folder[:5], top_k=2, batch_size=2, workers=0
+    )
+
+
+def test_skip_bad_in_a_worker_names_the_file(model, folder, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    paths = [*folder[:3], bad, folder[3]]
+    preds = flat(iter_predict(model, paths, batch_size=2, workers=2, skip_bad=True))
+    assert [p.index for p in preds] == [0, 1, 2, 3, 4] and preds[3].image == bad
+    assert preds[3].scores is None and "broken.png" in preds[3].error and "\n" not in preds[3].error
+    assert all(p.scores is not None and p.error is None for i, p in enumerate(preds) if i != 3)
+
+    it = iter_predict(model, paths, batch_size=2, workers=2)
+    assert [p.index for p in next(it)] == [0, 1]  # the batch before the bad one is delivered
+    with pytest.raises(ImageLoadError, match="broken.png") as info:
+        next(it)
+    assert len(str(info.value).splitlines()) == 1 and "Traceback" not in str(info.value)
+    assert children() == set()
+
+
+def test_breaking_out_or_failing_ends_the_workers(model, folder):
+    before = children()
+    for _batch in iter_predict(model, folder * 3, batch_size=2, workers=2):
+        assert children() - before  # the workers run while the loop holds a batch
+        break
+    assert children() == before
+    with pytest.raises(KeyboardInterrupt):
+        for _batch in iter_predict(model, folder * 3, batch_size=2, workers=2):
+            raise KeyboardInterrupt
+    assert children() == before
+
+
+def test_a_dead_worker_is_one_error_naming_its_batch(model, folder, monkeypatch):
+    decode = stream.decode
+
+    def crash_on_third(item, size, interpolation):
+        if str(item).endswith("m02.png"):
+            os._exit(1)  # a decoder crash takes the worker down (fork: the worker runs this patched function)
+        return decode(item, size, interpolation)
+
+    monkeypatch.setattr(stream, "decode", crash_on_third)
+    before = children()
+    with pytest.raises(ImageLoadError, match=r"worker process died .*m02\.png.*workers=0"):
+        sadcl.predict(model, folder[:6], batch_size=1, workers=1)
+    assert children() == before
+
+
+def test_tensor_input_and_arguments_checked_at_the_call(model):
+    x = torch.randn(5, 3, 56, 56)
+    preds = flat(iter_predict(model, x, batch_size=2))
+    assert [p.index for p in preds] == [0, 1, 2, 3, 4] and torch.equal(preds[4].image, x[4])
+    assert [p.scores for p in preds] == sadcl.predict(model, x, batch_size=2)
+    for bad in ({"top_k": 0}, {"threshold": 2.0}, {"batch_size": 0}, {"workers": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            iter_predict(model, x, **bad)  # raised here, not at the first next()
+    with pytest.raises(TypeError, match="image 2: expected a file path"):
+        list(iter_predict(model, ["a.png", "b.png", 3], workers=0))
+
+
+def test_nan_warned_once_per_stream(model, monkeypatch):
+    forward = SADCL.forward
+
+    def nan_first_row(self, x):
+        out = forward(self, x).clone()
+        out[0] = math.nan
+        return out
+
+    monkeypatch.setattr(SADCL, "forward", nan_first_row)
+    images = [Image.new("RGB", (30, 40), (i * 40, 0, 0)) for i in range(4)]
+    with pytest.warns(NonFiniteScoreWarning, match=r"NaN scores for 1 of 2 images .*\(image 0\)") as caught:
+        preds = flat(iter_predict(model, images, batch_size=2, workers=0))
+    assert len([w for w in caught if w.category is NonFiniteScoreWarning]) == 1
+    assert all(math.isnan(s) for s in preds[2].scores.values())  # kept, not warned again
