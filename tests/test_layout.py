@@ -47,6 +47,7 @@ def _modules(folder: str) -> list[Path]:
         ("zoo", ("sadcl.train", "sadcl.viz", "sadcl.cli", "sadcl.inference")),
         ("train", ("sadcl.viz", "sadcl.cli", "sadcl.inference")),
         ("viz", ("sadcl.train", "sadcl.zoo", "sadcl.cli")),
+        ("reproduce", ("sadcl.cli", "sadcl.viz")),
     ],
 )
 def test_imports_point_one_way(folder, forbidden):
