@@ -4,9 +4,9 @@
 items, so nothing outside the test suite is needed) with the annotation files of the real release: a COCO
 instances JSON (category ids 1..90 with gaps, one image without annotations), VOC XML files (a difficult
 object, an image whose only objects are difficult), NUS-WIDE list and label text files (backslash paths, one
-image without any label) and the VG-500 lists and index JSON. Each mosaic's labels are its Fashion classes
-mapped onto ten of the dataset's labels (:data:`FASHION_TO_LABEL`), so a tiny model can learn them. Every
-tree also holds one image file that no list names.
+image without any label) and the VG-500 lists and index JSON (one image with an empty label list). Each
+mosaic's labels are its Fashion classes mapped onto ten of the dataset's labels (:data:`FASHION_TO_LABEL`), so
+a tiny model can learn them. Every tree also holds one image file that no list names.
 """
 
 from __future__ import annotations
@@ -215,8 +215,9 @@ def _vg500(root: Path, data: dict) -> None:
         names = []
         for i, (image, row) in enumerate(zip(images, fashion)):
             name = f"{2300000 + i + (5000 if split == 'val' else 0)}.jpg"
-            _save(image, root / "VG_100K" / name)
-            index[name] = _labels_of("vg500", row)
+            empty = split == "train" and i == 0  # an image with an empty label list: an all-negative row
+            _save(np.zeros_like(image) if empty else image, root / "VG_100K" / name)
+            index[name] = [] if empty else _labels_of("vg500", row)
             names.append(name)
         list_name = "train_list_500.txt" if split == "train" else "test_list_500.txt"
         (root / list_name).write_text("".join(f"{n}\n" for n in names))

@@ -350,8 +350,8 @@ class VG500(Layout):
                     else next(v for v in labels if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 500)
                 )
                 raise LayoutError(
-                    f"{_p(index_file)}: entry {printable(line)!r} has label {printable(bad)!r}; "
-                    "VG-500 labels are integer indices 0-499"
+                    f"{_p(index_file)}: entry {printable(line)!r} has label {printable(json.dumps(bad))}, but "
+                    "VG-500 labels are integer indices 0-499; use the label file of the VG-500 release"
                 )
             rows += [len(names)] * len(labels)
             cols += labels
