@@ -183,6 +183,17 @@ def resolve_plan(
             "drop --no-pretrained-backbone"
         )
         raise ConfigError(problem, problem)
+    paper = {k: s.value for k, s in COMMON.items()}
+    paper.update(model=recipe.variant, img_size=VARIANTS[recipe.variant].img_size, pretrained_backbone=not from_coco)
+    chosen = {**paper, **{k: v for k, v in given.items() if k in OVERRIDES}}
+    if "model" in given and "img_size" not in given:  # another architecture at its own resolution
+        chosen["img_size"] = VARIANTS[given["model"]].img_size
+    differs = [
+        {"setting": flag(k), "paper": paper[k], "given": chosen[k]}
+        for k in OVERRIDES
+        if k in given and _normal(chosen[k]) != _normal(paper[k])
+    ]
+    init_info = _init_model(init, chosen["model"]) if from_coco and init is not None else None
     if data_root is None:  # a dry run before the data is on disk: the official release's sizes
         sizes = RELEASE_SIZES[dataset]
         counts = {split: {"images": n} for split, n in sizes.value.items()}
@@ -194,22 +205,11 @@ def resolve_plan(
             for split, r in report.splits.items()
         }
         layout = list(report.lines())
-    paper = {k: s.value for k, s in COMMON.items()}
-    paper.update(model=recipe.variant, img_size=VARIANTS[recipe.variant].img_size, pretrained_backbone=not from_coco)
-    chosen = {**paper, **{k: v for k, v in given.items() if k in OVERRIDES}}
-    if "model" in given and "img_size" not in given:  # another architecture at its own resolution
-        chosen["img_size"] = VARIANTS[given["model"]].img_size
-    differs = [
-        {"setting": flag(k), "paper": paper[k], "given": chosen[k]}
-        for k in OVERRIDES
-        if k in given and _normal(chosen[k]) != _normal(paper[k])
-    ]
     n_train = counts.get("train", {}).get("images", 0)
     if chosen["batch_size"] > n_train:
         raise ConfigError.about(
             "batch_size", f"{chosen['batch_size']} is larger than the {n_train} training images; lower it"
         )
-    init_info = _init_model(init, chosen["model"]) if from_coco and init is not None else None
     out = Path(output_dir) if output_dir is not None else Path("runs") / f"reproduce-{dataset}"
     common = {k: chosen[k] for k in COMMON}
     steps = {

@@ -49,7 +49,7 @@ def comparison_table(results: Mapping[str, Any], paper: Mapping[str, Any] | None
     for name, values in (("reproduced", results), ("paper", paper or {})):
         cells = [_cell(values.get(k)) for k in TABLE_KEYS]
         rows.append(f"{name:<10} {cells[0]} |{''.join(cells[1:7])} |{''.join(cells[7:])}")
-    return rows
+    return [row.rstrip() for row in rows]
 
 
 def _training_info(path: Path) -> dict[str, Any] | None:

@@ -14,14 +14,12 @@ from .._atomic import atomic_write_text
 from .._files import open_regular
 from ..train.config import ConfigError
 from .plan import PLAN_FORMAT, Plan, differences, estimate, format_estimate, format_plan, resolve_plan
+from .results import EVAL_NAME, check_repo_id, evaluate_run, export_run, publish_lines
 
-__all__ = ["OWN_ENTRIES", "PLAN_NAME", "STEP_TITLES", "reproduce"]
+__all__ = ["PLAN_NAME", "STEP_TITLES", "claim_run", "reproduce"]
 
 PLAN_NAME = "plan.json"
 STEP_TITLES = {"step1": "Query2Label baseline", "step2": "SADCL"}
-# What a reproduction writes into its folder; --overwrite replaces these (inside the steps and the export only
-# the files `sadcl train` and `sadcl export` write) and nothing else.
-OWN_ENTRIES = (PLAN_NAME, "step1", "step2", "eval.json", "export")
 _MAX_PLAN_BYTES = 1 << 20
 
 
@@ -49,12 +47,15 @@ def claim_run(out: Path, plan: Plan, overwrite: bool) -> str:
         return "new"
     if overwrite:
         return "overwrite"
-    replace = f"pass --overwrite to start over (replaces {', '.join(OWN_ENTRIES)}; other files are kept)"
+    replace = (
+        "pass --overwrite to start over (replaces plan.json, eval.json and the files sadcl train and sadcl export "
+        "write in step1/, step2/, export/; other files are kept)"
+    )
     stored = _read_plan(out / PLAN_NAME)
     if stored is None:
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        problem = f"{out} holds files sadcl reproduce did not write ({shown}); pick another --output, or {replace}"
-        raise ConfigError(problem.replace("--output", "output_dir").replace("--overwrite", "overwrite=True"), problem)
+        problem = f"{out} holds files sadcl reproduce did not write ({shown}); pick another folder, or {replace}"
+        raise ConfigError(f"output_dir {problem}".replace("--overwrite", "overwrite=True"), f"--output {problem}")
     diffs = differences(stored["compared"], plan)
     if diffs:
         problem = (
@@ -152,8 +153,6 @@ def reproduce(
     Returns ``{"status": "dry-run" | "stopped" | "done", "plan": ..., "output_dir": ..., ...}`` (with ``eval``,
     ``record`` and ``push_command`` when done).
     """
-    from .results import check_repo_id, evaluate_run, export_run, publish_lines
-
     if repo_id is not None:
         check_repo_id(repo_id)
     if stop_after_epochs is not None:
@@ -190,7 +189,7 @@ def reproduce(
     if state != "resume":
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            (out / "eval.json").unlink(missing_ok=True)  # ours (the command's own file name); never stale
+            (out / EVAL_NAME).unlink(missing_ok=True)  # ours (the command's own file name); never stale
         atomic_write_text(out / PLAN_NAME, json.dumps(plan.to_json(), indent=2, default=str) + "\n")
     budget = stop_after_epochs
     for step in plan.steps:
