@@ -69,9 +69,10 @@ def test_predict_json_matches_library(tiny_checkpoint, image_dir):
     assert res[first] == pytest.approx(expected, abs=1e-5)
 
 
-def test_predict_text_with_threshold_and_progress(tiny_checkpoint, image_dir, capsys):
+def test_predict_text_with_threshold_and_progress(tiny_checkpoint, image_dir, capsys, monkeypatch):
     _, ckpt = tiny_checkpoint
     files = [str(p) for p in sorted(image_dir.iterdir())]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is for a terminal
     assert (
         main(
             [
@@ -91,7 +92,7 @@ def test_predict_text_with_threshold_and_progress(tiny_checkpoint, image_dir, ca
     )
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 3 and "(no label above threshold)" in captured.out
-    assert "predict" in captured.err  # the progress bar, shown for more files than one batch
+    assert "predict" in captured.err and "image/s" in captured.err  # the progress bar, on a terminal
 
 
 @pytest.mark.parametrize(

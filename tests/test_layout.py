@@ -48,11 +48,18 @@ def _modules(folder: str) -> list[Path]:
         ("train", ("sadcl.viz", "sadcl.cli", "sadcl.inference")),
         ("viz", ("sadcl.train", "sadcl.zoo", "sadcl.cli")),
         ("reproduce", ("sadcl.cli", "sadcl.viz")),
+        ("tagging", ("sadcl.cli", "sadcl.train", "sadcl.viz")),
     ],
 )
 def test_imports_point_one_way(folder, forbidden):
     bad = {f"{path.name}: {name}" for path in _modules(folder) for name in _imports(path) if name.startswith(forbidden)}
     assert not bad, f"{folder}/ imports upward: {sorted(bad)}"
+
+
+def test_only_the_command_line_imports_the_tagging_job():
+    users = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "tagging" not in p.parts}
+    users = {u for u in users if any(n.startswith("sadcl.tagging") for n in _imports(PACKAGE / u))}
+    assert users == {"cli.py"}, users
 
 
 def test_viz_measurements_do_not_import_the_figures():

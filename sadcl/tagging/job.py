@@ -52,13 +52,11 @@ def _check_output(o: JobOptions) -> None:
         return
     if o.json:
         raise ValueError("--json prints to stdout; with --output the format comes from its extension (.jsonl, .csv)")
-    output_file(o.output, [])  # the extension
     reason = not_regular_reason(o.output)
-    if reason == "file not found":
-        return
-    if reason is not None:
+    if reason not in (None, "file not found"):
         raise ValueError(f"--output {o.output}: {reason}")
-    if not (o.resume or o.overwrite):
+    output_file(o.output, [])  # the extension
+    if reason is None and not (o.resume or o.overwrite):
         raise FileExistsError(
             f"--output {o.output} exists: pass --resume to continue the job that wrote it, or --overwrite to replace it"
         )
