@@ -1,0 +1,84 @@
+"""`torchrun -m sadcl.cli predict --output F`: the processes split the images and F is the file one process
+writes, byte for byte (each batch is scored whole by one process, so the arithmetic is the same); a failure on
+any process stops all of them at the same round, and rank 0 reports it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sadcl
+from sadcl.cli import main
+from sadcl.tagging import shard
+from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
+from sadcl.zoo.safetensors_io import save_safetensors
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_torn_file_into_the_one_process_file(tmp_path):
+    torch.manual_seed(0)
+    model = sadcl.create_model("sadcl_tiny")
+    ckpt = tmp_path / "tiny.safetensors"
+    save_safetensors(export_state_dict(model), ckpt, checkpoint_metadata(model))
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(images / f"i{i:02d}.png")
+    args = ["predict", "--checkpoint", str(ckpt), "--batch-size", "2", "--workers", "0", str(images)]
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    assert main([*args, "--output", str(one)]) == 0
+    data = one.read_bytes()
+    # Two batches done, the fifth record torn: the two processes cut it and deal the 7 images left (batches
+    # 4-5 and 8-9 to rank 0, 6-7 and 10 to rank 1), in rounds gathered to rank 0.
+    fifth = data.index(b"\r\n", data.index(b"i03.png")) + 2
+    two.write_bytes(data[: fifth + 20])
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sadcl.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(
+        [*run, *args, "--output", str(two), "--resume"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert two.read_bytes() == data
+    assert out.stdout == f"{two}: 11 images (7 new)\n"  # rank 0 alone reports
+    assert "cut a torn last record" in out.stderr and "Traceback" not in out.stderr
+
+
+def _fake_gather(monkeypatch, others):
+    """``shard._gather`` as if the other ranks had sent ``others`` (this rank's payload goes at its rank)."""
+
+    def gather(group, obj):
+        parts = list(others)
+        parts.insert(group.rank, obj)
+        return parts
+
+    monkeypatch.setattr(shard, "_gather", gather)
+
+
+def test_a_peer_failure_stops_every_rank_and_rank_0_reports_it(monkeypatch):
+    main_rank, other_rank = shard.Group(rank=0, world=2), shard.Group(rank=1, world=2)
+    _fake_gather(monkeypatch, [("cannot load image x.png: truncated", [])])
+    with pytest.raises(RuntimeError, match=r"^process 1 of 2: cannot load image x.png: truncated$"):
+        list(shard.rounds(iter([[1, 2]]), 2, main_rank))
+
+    def failing():
+        raise OSError("disk on fire")
+        yield
+
+    _fake_gather(monkeypatch, [(None, [1, 2])])
+    with pytest.raises(OSError, match="disk on fire"):  # rank 0's own error, as one process would raise it
+        list(shard.rounds(failing(), 2, main_rank))
+    with pytest.raises(shard.PeerFailed):  # the other ranks stop quietly
+        list(shard.rounds(failing(), 2, other_rank))
+    _fake_gather(monkeypatch, ["boom"])
+    with pytest.raises(shard.PeerFailed):
+        shard.settle(other_rank, None)
+    _fake_gather(monkeypatch, [(None, [3, 4]), (None, [5])])  # rounds: rank order, then the input ran out
+    got = list(shard.rounds(iter([[1, 2]]), 2, shard.Group(rank=0, world=3)))
+    assert got == [[1, 2, 3, 4, 5]]
