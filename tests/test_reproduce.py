@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,21 @@ def test_reproduction_on_cpu_interrupted_resumed_evaluated_exported(tmp_path, ca
     assert "step1 (Query2Label baseline): already finished" in out and "step2 (SADCL): already finished" in out
     assert {k: v for k, v in snapshot(run).items() if k.startswith("step")} == steps
     assert math.isfinite(json.loads((run / "eval.json").read_text())["metrics"]["mAP"])
+
+
+@pytest.mark.parametrize("kind", ["garbage", "fifo", "other_format"])
+def test_a_plan_file_reproduce_did_not_write_makes_the_folder_foreign(kind, tmp_path, capsys):
+    """plan.json is data: a FIFO is never opened (no hang), garbage or another format is not a plan."""
+    root = make_tree("coco2014", tmp_path / "data")
+    run = tmp_path / "run"
+    run.mkdir()
+    if kind == "fifo":
+        os.mkfifo(run / "plan.json")
+    else:
+        text = "{not json" if kind == "garbage" else json.dumps({"format": "something-else", "compared": {}})
+        (run / "plan.json").write_text(text)
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(capsys, "coco2014", "--data-root", root, "--output", run, "--batch-size", "8", "--dry-run")
+    assert code == 2 and err.count("\n") == 1
+    assert f"--output {run} holds files sadcl reproduce did not write (plan.json)" in err and "--overwrite" in err
+    assert snapshot(tmp_path) == before
