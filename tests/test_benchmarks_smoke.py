@@ -178,3 +178,28 @@ def test_memory_bank_accelerator_branch_matches_the_loop():
     other.update(e, y, x)
     reference.loop_memory_update(loop, e, y, x)
     assert torch.equal(fast.bank, loop) and torch.equal(other.bank, loop) and loop.abs().sum() > 0
+
+
+def test_bench_input_pipeline(tmp_path, one_thread):
+    import math
+
+    data = run("bench_input_pipeline", tmp_path, *one_thread)
+    images = data["images"]
+    assert (
+        images["n"] == 4 and sum(images["sizes"].values()) == 4 and 0 < images["min_file_kb"] <= images["max_file_kb"]
+    )
+    assert data["identical_to_torchvision_tail"] is True and data["previous_estimate"]["images_per_s_per_core"] == 210
+    assert set(data["pipelines"]) == {"baseline", "sadcl", "eval"}
+    for p in data["pipelines"].values():
+        assert_timing(p["after"]["cpu"], 2)
+        assert_timing(p["before"]["wall"], 2)
+        assert_ratio(p["images_per_s_per_core"], 4, p["after"]["cpu"]["min_s"])
+        assert p["cores_needed"] == {t: math.ceil(int(t) / p["images_per_s_per_core"]) for t in ("550", "700")}
+        assert_ratio(p["speedup_cpu_best"], p["images_per_s_per_core"], p["before"]["images_per_s_cpu_best"])
+        b = p["breakdown"]
+        assert sum(b["by_kind_share"].values()) == pytest.approx(1.0) and b["by_kind_ms"]["decode"] > 0
+    assert "MultiScaleCrop" in data["pipelines"]["sadcl"]["breakdown"]["ms_per_image"]
+    for recipe in ("sadcl", "baseline"):
+        loader = data["dataloader"][recipe]
+        assert [loader[f"workers_{k}"]["images_per_epoch"] for k in (1, 2)] == [4, 4]
+    assert data["collate"]["batch"] == 2 and data["collate"]["ms_per_image"] > 0
