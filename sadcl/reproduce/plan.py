@@ -24,7 +24,18 @@ from .recipes import (
     STEPS,
 )
 
-__all__ = ["PLAN_FORMAT", "Plan", "estimate", "flag", "format_estimate", "format_plan", "resolve_plan"]
+__all__ = [
+    "PLAN_FORMAT",
+    "Plan",
+    "describe_override",
+    "differences",
+    "estimate",
+    "flag",
+    "format_estimate",
+    "format_plan",
+    "resolve_plan",
+    "steps_per_epoch",
+]
 
 PLAN_FORMAT = "sadcl-reproduce-plan"
 PLAN_VERSION = 1
@@ -67,6 +78,13 @@ class Plan:
         for split, counts in self.counts.items():
             out.update({f"{split} {k}": v for k, v in counts.items()})
         return out
+
+
+def describe_override(d: Mapping[str, Any]) -> str:
+    """One entry of :attr:`Plan.differs` in words: ``--epochs 20 (paper: 80)``, ``--no-pretrained-backbone``."""
+    if isinstance(d["given"], bool):
+        return d["setting"]
+    return f"{d['setting']} {d['given']} (paper: {d['paper']})"
 
 
 def _normal(value: Any) -> Any:
@@ -350,10 +368,7 @@ def format_plan(plan: Plan) -> list[str]:
         shown = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("start", "checkpoint"))
         lines.append(f"{step} ({title}, from {s['start']}): {shown}; {steps_per_epoch(plan, step)} steps/epoch")
     if plan.differs:
-        lines.append(
-            "NOT the paper's recipe: "
-            + "; ".join(f"{d['setting']} {d['given']} (paper: {d['paper']})" for d in plan.differs)
-        )
+        lines.append("NOT the paper's recipe: " + "; ".join(describe_override(d) for d in plan.differs))
     else:
         lines.append("the paper's recipe (no setting overridden)")
     lines += [f"note: {n}" for n in plan.notes]

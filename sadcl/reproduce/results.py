@@ -16,7 +16,7 @@ from typing import Any
 from .._atomic import atomic_write_text
 from ..train.config import ConfigError
 from ..zoo.variants import VARIANTS
-from .plan import Plan, flag
+from .plan import Plan, describe_override, flag
 from .recipes import COMMON
 
 __all__ = ["TABLE_KEYS", "check_repo_id", "comparison_table", "evaluate_run", "export_run", "publish_lines"]
@@ -130,7 +130,7 @@ def export_run(
     recipe_note = (
         "the paper's recipe"
         if not plan.differs
-        else "NOT the paper's recipe: " + ", ".join(f"{d['setting']} {d['given']}" for d in plan.differs)
+        else "NOT the paper's recipe: " + "; ".join(describe_override(d) for d in plan.differs)
     )
     source = (
         f"reproduced by sadcl reproduce on {result['date_utc'][:10]} ({plan.dataset} validation split, "
