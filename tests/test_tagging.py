@@ -20,7 +20,7 @@ import sadcl
 import sadcl.inference
 from sadcl.cli import main
 from sadcl.model import SADCL
-from sadcl.tagging import shard
+from sadcl.tagging import output, shard
 from sadcl.tagging.paths import check_folders, iter_images
 from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
 from sadcl.zoo.safetensors_io import save_safetensors
@@ -231,7 +231,13 @@ def test_resume_refuses_another_models_labels_and_changed_inputs(tiny, images, t
 
 @pytest.mark.parametrize(
     "content,needle",
-    [(b'{"image": "a.png"}\n', "line 1 is not a record"), (b"image,x,error\r\n", "other labels"), (b"[1]\n", "")],
+    [
+        (b'{"image": "a.png"}\n', "line 1 is not a record"),
+        (b"image,x,error\r\n", "other labels"),
+        (b"[1]\n", ""),
+        (b"my notes, no line end", "its last line is not a record"),  # .jsonl: not a torn record, never cut
+        (b"image;x", "its last line is not a record"),  # .csv: not a torn header
+    ],
 )
 def test_resume_refuses_a_file_it_did_not_write(tiny, images, tmp_path, capsys, content, needle):
     out = tmp_path / ("tags.csv" if content.startswith(b"image") else "tags.jsonl")
@@ -239,6 +245,15 @@ def test_resume_refuses_a_file_it_did_not_write(tiny, images, tmp_path, capsys, 
     assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images)) == 2
     one_error_line(capsys.readouterr().err, f"--output {out}", needle)
     assert out.read_bytes() == content
+
+
+def test_resume_reads_a_bounded_line(tiny, images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(output, "MAX_RECORD_BYTES", 100)
+    out = tmp_path / "t.jsonl"
+    out.write_bytes(b"[" * 1000)  # no newline: would otherwise be read whole
+    assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images)) == 2
+    one_error_line(capsys.readouterr().err, f"--output {out} has a line longer than")
+    assert out.read_bytes() == b"[" * 1000
 
 
 # -- refusals at the door ------------------------------------------------------------------------------------
@@ -266,9 +281,11 @@ def test_an_existing_output_is_refused_unless_resume_or_overwrite(tiny, images, 
         (["--output", "OUT/tags.jsonl", "--json"], ["--json", "--output"]),
         (["--resume"], ["--resume needs --output"]),
         (["--output", "OUT"], ["--output", "directory"]),
+        (["--output", "OUT/pipe.csv", "--overwrite"], ["--output", "pipe.csv", "FIFO"]),  # never opened: it would block
     ],
 )
 def test_bad_output_options_are_one_line_and_write_nothing(tiny, images, tmp_path, capsys, args, needles):
+    os.mkfifo(tmp_path / "pipe.csv")
     before = snapshot(tmp_path)
     args = [a.replace("OUT", str(tmp_path)) for a in args]
     assert predict_cli(tiny, images, *args, str(images)) == 2
@@ -370,3 +387,13 @@ def test_csv_reader_and_writer_round_trip_undecodable_names(tmp_path):
         assert list(ExistingOutput(out).images()) == [name]
     assert (tmp_path / "t.csv").read_bytes().endswith(b"caf\xe9 \xff.png,0.5,0.25,\r\n")  # the name's own bytes
     (tmp_path / "t.jsonl").read_bytes().decode("utf-8")  # JSON Lines stays valid UTF-8 (\udcXX escapes)
+
+
+def test_url_credentials_never_reach_the_output_and_resume_still_matches(tiny, images, tmp_path, capsys):
+    url = "http://user:secret@127.0.0.1:9/x.png"  # the discard port: nothing listens, refused at once
+    out = tmp_path / "t.jsonl"
+    assert predict_cli(tiny, images, "--skip-bad", "--output", str(out), url) == 1
+    assert "secret" not in out.read_text() and "secret" not in capsys.readouterr().err
+    assert read_jsonl(out)[0]["image"] == "http://127.0.0.1:9/x.png"
+    assert predict_cli(tiny, images, "--skip-bad", "--output", str(out), "--resume", url) == 0
+    assert "nothing to do" in capsys.readouterr().out

@@ -81,14 +81,23 @@ def _kept(scores: dict[str, float], threshold: float | None, top_k: int | None) 
     return dict(islice(items, top_k))
 
 
+def _image_name(item: object) -> str:
+    """How records name an input: a path as given or walked; a URL without its ``user:password@`` (an output
+    file is shared more readily than a command line)."""
+    from ..data.remote import is_url, shown
+
+    text = str(item)
+    return shown(text) if is_url(text) else text
+
+
 def _records(predictions: Iterable[list], o: JobOptions) -> Iterator[Record]:
     for batch in predictions:
         for p in batch:
             if p.error is not None:
-                yield Record(str(p.image), None, p.error)
+                yield Record(_image_name(p.image), None, p.error)
             else:
                 nan = any(math.isnan(s) for s in p.scores.values())
-                yield Record(str(p.image), _kept(p.scores, o.threshold, o.top_k), None, nan)
+                yield Record(_image_name(p.image), _kept(p.scores, o.threshold, o.top_k), None, nan)
 
 
 class _Count(threading.Thread):
@@ -191,6 +200,7 @@ def _resume(o: JobOptions, labels: list[str], inputs: Iterator[str]) -> tuple[in
     done = 0
     for done, image in enumerate(existing.images(), start=1):
         given = next(inputs, None)
+        given = None if given is None else _image_name(given)
         if given is None:
             raise ValueError(
                 f"--resume: --output {o.output} holds {done} or more records but there are only {done - 1} "

@@ -58,6 +58,11 @@ class OutputFile:
         """The image of each complete record in ``f``, in order, updating ``state.good_end`` after each."""
         raise NotImplementedError
 
+    def begins_record(self, head: bytes, offset: int) -> bool:
+        """Whether ``head``, the first bytes of a torn tail at ``offset``, can be the start of what this format
+        writes there (so that cutting it loses nothing but a torn record)."""
+        return True
+
     def not_ours(self, where: str, why: str) -> ValueError:
         return ValueError(
             f"--output {self.path}: {where} is not a record of `sadcl predict` ({why}); give a new --output, or "
@@ -73,10 +78,11 @@ class OutputFile:
 
 def _lines(f: BinaryIO, path: Path) -> Iterator[bytes]:
     """Lines of ``f`` (each with its newline, the last one possibly without), each at most ``MAX_RECORD_BYTES``."""
-    while line := f.readline(MAX_RECORD_BYTES + 1):
-        if len(line) > MAX_RECORD_BYTES:
+    limit = MAX_RECORD_BYTES  # read at call time (a test lowers it)
+    while line := f.readline(limit + 1):
+        if len(line) > limit:
             raise ValueError(
-                f"--output {path} has a line longer than {MAX_RECORD_BYTES >> 20} MiB: it was not written by "
+                f"--output {path} has a line longer than {limit:,} bytes: it was not written by "
                 "`sadcl predict`; give a new --output, or --overwrite to replace the file"
             )
         yield line
@@ -99,6 +105,10 @@ class JsonLines(OutputFile):
         # A name with undecodable bytes holds lone surrogates; "backslashreplace" writes each as the JSON escape
         # \udcXX, so the file stays valid UTF-8 and reads back to the same name.
         return "".join(lines).encode("utf-8", "backslashreplace")
+
+    def begins_record(self, head: bytes, offset: int) -> bool:
+        start = b'{"image": '
+        return head[: len(start)] == start[: len(head)]
 
     def complete_records(self, f: BinaryIO, state: ExistingOutput) -> Iterator[str]:
         labels = set(self.labels)
@@ -140,6 +150,10 @@ class CsvTable(OutputFile):
 
     def header(self) -> bytes:
         return self._row_text([["image", *self.labels, "error"]])
+
+    def begins_record(self, head: bytes, offset: int) -> bool:
+        header = self.header()  # before the header is complete, only the header can be torn
+        return offset > 0 or head[: len(header)] == header[: len(head)]
 
     def encode(self, records: Sequence[Record]) -> bytes:
         rows = []
@@ -228,8 +242,17 @@ class ExistingOutput:
         """Cut the file after its last complete record (call once :meth:`images` is exhausted); returns the
         number of bytes cut."""
         cut = self.size - self.good_end
-        if cut > 0:
-            os.truncate(self.out.path, self.good_end)
+        if cut <= 0:
+            return 0
+        with open(self.out.path, "rb") as f:
+            f.seek(self.good_end)
+            head = f.read(64)
+        if not self.out.begins_record(head, self.good_end):  # text someone else wrote: never cut it
+            raise self.out.not_ours(
+                "its last line",
+                "it has no line end and does not begin like a record (a stopped job leaves the start of one)",
+            )
+        os.truncate(self.out.path, self.good_end)
         return cut
 
 
