@@ -368,14 +368,18 @@ class CocoDataset(MultiLabelDataset):
         cat_index = {c["id"]: i for i, c in enumerate(cats)}
         images = sorted(data["images"], key=lambda im: im["id"])
         img_index = {im["id"]: i for i, im in enumerate(images)}
-        targets = torch.zeros(len(images), len(cats), dtype=torch.float32)
+        rows, cols = [], []  # one vectorised assignment below: COCO train has 604,907 annotations
         for ann in data.get("annotations", []):
-            where = f"{instances_json}: annotation {ann.get('id', '?')}"
-            if ann.get("image_id") not in img_index:
-                raise ValueError(f"{where} refers to image id {ann.get('image_id')!r}, which is not in 'images'")
-            if ann.get("category_id") not in cat_index:
+            row, col = img_index.get(ann.get("image_id")), cat_index.get(ann.get("category_id"))
+            if row is None or col is None:
+                where = f"{instances_json}: annotation {ann.get('id', '?')}"
+                if row is None:
+                    raise ValueError(f"{where} refers to image id {ann.get('image_id')!r}, which is not in 'images'")
                 raise ValueError(f"{where} has category id {ann.get('category_id')!r}, which is not in 'categories'")
-            targets[img_index[ann["image_id"]], cat_index[ann["category_id"]]] = 1.0
+            rows.append(row)
+            cols.append(col)
+        targets = torch.zeros(len(images), len(cats), dtype=torch.float32)
+        targets[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = 1.0
         image_dir = Path(image_dir)
         paths = [_join(image_dir, im["file_name"]) for im in images]
         super().__init__(paths, targets, [c["name"] for c in cats], transform, skip_bad)
