@@ -274,3 +274,31 @@ def test_a_plan_file_reproduce_did_not_write_makes_the_folder_foreign(kind, tmp_
     assert code == 2 and err.count("\n") == 1
     assert f"--output {run} holds files sadcl reproduce did not write (plan.json)" in err and "--overwrite" in err
     assert snapshot(tmp_path) == before
+
+
+def test_init_may_be_the_coco_export_folder(tmp_path, capsys):
+    """--init takes what `sadcl reproduce coco2014` leaves in RUN/export (checked against its config.json)."""
+    from sadcl.zoo.export import export_model
+
+    root = make_tree("voc2012", tmp_path / "data")
+    torch.manual_seed(0)
+    export_model(sadcl.create_model("sadcl_tiny", label_names=list(read_labels("coco80"))), tmp_path / "export")
+    plan = resolve_plan("voc2012", root, init=tmp_path / "export", model="sadcl_tiny", batch_size=8)
+    assert plan.init["weights"] == str(tmp_path / "export" / "model.safetensors")
+    assert plan.init["sha256"] == sha256_file(tmp_path / "export" / "model.safetensors")
+    args = ["voc2012", "--data-root", root, "--init", tmp_path / "export", "--output", tmp_path / "run", "--dry-run"]
+    code, out, err = run_cli(capsys, *args, "--model", "sadcl_tiny", "--batch-size", "8")
+    assert code == 0 and "GPU estimate: not available" in out, err
+    code, out, err = run_cli(capsys, *args)  # the paper's model is a ResNet-101: a tiny init does not fit it
+    assert code == 2 and err.count("\n") == 1 and "--init" in err and "architecture of sadcl_voc2012_448" in err
+
+
+def test_verify_images_finds_an_unreadable_image_before_any_work(tmp_path, capsys):
+    root = make_tree("vg500", tmp_path / "data", n_train=N_TRAIN)
+    victim = root / "VG_100K" / (root / "train_list_500.txt").read_text().split()[3]  # a listed image
+    victim.write_bytes(b"not an image")
+    args = ["vg500", "--data-root", root, "--output", tmp_path / "run", "--dry-run"]
+    assert run_cli(capsys, *args)[0] == 0  # not decoded by default
+    code, out, err = run_cli(capsys, *args, "--verify-images")
+    assert code == 2 and err.count("\n") == 1 and "unreadable" in err, err
+    assert not (tmp_path / "run").exists()
