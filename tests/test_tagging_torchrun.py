@@ -82,3 +82,20 @@ def test_a_peer_failure_stops_every_rank_and_rank_0_reports_it(monkeypatch):
     _fake_gather(monkeypatch, [(None, [3, 4]), (None, [5])])  # rounds: rank order, then the input ran out
     got = list(shard.rounds(iter([[1, 2]]), 2, shard.Group(rank=0, world=3)))
     assert got == [[1, 2, 3, 4, 5]]
+
+
+def test_when_rank_0_stops_writing_the_others_learn_it_in_the_round_they_wait_in(monkeypatch):
+    sent = []
+
+    def gather(group, obj):
+        sent.append(obj)
+        return [obj, (None, [3, 4])]
+
+    monkeypatch.setattr(shard, "_gather", gather)
+    rounds = shard.rounds(iter([[1, 2], [5, 6]]), 2, shard.Group(rank=0, world=2))
+    assert next(rounds) == [1, 2, 3, 4]
+    rounds.close()  # the writer failed (a full disk) or was interrupted
+    assert sent == [(None, [1, 2]), ("process 0 stopped writing", [])]
+    _fake_gather(monkeypatch, [("process 0 stopped writing", [])])
+    with pytest.raises(shard.PeerFailed):
+        list(shard.rounds(iter([[1, 2]]), 2, shard.Group(rank=1, world=2)))

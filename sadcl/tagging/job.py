@@ -9,6 +9,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 
@@ -269,8 +270,9 @@ def _run(o: JobOptions, group: shard.Group) -> int:
         )
         batches = shard.chunks(_records(predictions, o), o.batch_size)
         try:
-            for records in shard.rounds(batches, o.batch_size, group):
-                report.add(records)
+            with closing(shard.rounds(batches, o.batch_size, group)) as rounds:
+                for records in rounds:
+                    report.add(records)
         finally:
             predictions.close()  # ends the decoding workers now (also on an error or Ctrl-C)
     return report.finish() if report is not None else 0

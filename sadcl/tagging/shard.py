@@ -136,7 +136,9 @@ def rounds(batches: Iterator[list[T]], batch_size: int, group: Group) -> Iterato
     """This rank's ``batches`` (each ``batch_size`` long but the last) put together round by round: on rank 0,
     every rank's batch of the round in rank order, which is input order; on the others nothing (they send).
 
-    The job ends with the first round holding a batch shorter than ``batch_size`` (the input ran out there)."""
+    The job ends with the first round holding a batch shorter than ``batch_size`` (the input ran out there).
+    Close the generator when rank 0 stops consuming early (``contextlib.closing``): the other ranks then learn it
+    in the round they wait in, and stop too."""
     while True:
         error: BaseException | None = None
         try:
@@ -145,9 +147,15 @@ def rounds(batches: Iterator[list[T]], batch_size: int, group: Group) -> Iterato
             error, batch = e, []
         parts = _gather(group, (_message(error), batch))
         _check(group, error, [m for m, _ in parts])
+        last = any(len(part) < batch_size for _, part in parts)
         if group.is_main:
             merged = [record for _, part in parts for record in part]
-            if merged:
-                yield merged
-        if any(len(part) < batch_size for _, part in parts):
+            try:
+                if merged:
+                    yield merged
+            except GeneratorExit:  # rank 0's writer stopped (an error, Ctrl-C): the others wait for the next round
+                if group.world > 1 and not last:
+                    _gather(group, ("process 0 stopped writing", []))
+                raise
+        if last:
             return
