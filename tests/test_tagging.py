@@ -172,7 +172,10 @@ def test_interrupted_job_resumed_gives_the_uninterrupted_file(tiny, images, tmp_
         assert predict_cli(tiny, images, "--output", str(out), str(images)) == 130
     assert out.read_bytes() == whole.read_bytes()[: len(out.read_bytes())]  # 2 whole batches, nothing torn
     assert len(read_csv(out) if suffix == ".csv" else read_jsonl(out)) == 2 * BATCH + (suffix == ".csv")
-    capsys.readouterr()
+    assert capsys.readouterr().err == (
+        f"sadcl predict: stopped with {2 * BATCH} images in {out}; the same command with --resume continues the job\n"
+        "interrupted\n"
+    )
     assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images)) == 0
     assert out.read_bytes() == whole.read_bytes()
     assert capsys.readouterr().out == f"{out}: {len(NAMES)} images ({len(NAMES) - 2 * BATCH} new)\n"

@@ -167,10 +167,24 @@ class _Report:
                 self.bar.total = self.count.total
             self.bar.update(len(records))
 
-    def finish(self) -> int:
+    def _close_bar(self) -> None:
         if self.bar is not None:
             self.count.stopped.set()
             self.bar.close()
+            self.bar = None
+
+    def interrupted(self) -> None:
+        """Ctrl-C: say how to go on (the records written so far are whole)."""
+        self._close_bar()
+        if self.o.output is not None:
+            total = self.done_before + self.new
+            self.say(
+                f"sadcl predict: stopped with {total} images in {printable(self.o.output)}; the same command with "
+                "--resume continues the job\n"
+            )
+
+    def finish(self) -> int:
+        self._close_bar()
         if self.stdout is not None:
             self.say(self.stdout.close(), sys.stdout)
         scored = self.new - self.skipped
@@ -273,6 +287,10 @@ def _run(o: JobOptions, group: shard.Group) -> int:
             with closing(shard.rounds(batches, o.batch_size, group)) as rounds:
                 for records in rounds:
                     report.add(records)
+        except KeyboardInterrupt:
+            if report is not None:
+                report.interrupted()
+            raise
         finally:
             predictions.close()  # ends the decoding workers now (also on an error or Ctrl-C)
     return report.finish() if report is not None else 0
