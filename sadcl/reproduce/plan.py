@@ -344,7 +344,8 @@ def format_estimate(plan: Plan, est: Mapping[str, Any]) -> list[str]:
         "  assumes: the rate scales with images x pixels; memory with batch x pixels (the label count is not "
         "modelled); step 1 (ASL only) at the SADCL step's rate (an upper bound); evaluation (raw + EMA each epoch) "
         f"at {1 / EVAL_FORWARD_SHARE:.0f}x the training rate (forward only, not measured); data loading keeping "
-        "up (raise --num-workers: ~540 images/s of JPEG decoding needs 8-16 cores)",
+        f"up with ~{MEASURED_STEP['images_per_s']:.0f} images/s of JPEG decoding and augmentation (raise "
+        "--num-workers; benchmarks/bench_input_pipeline.py measures the cores this needs)",
     ]
     return lines
 
