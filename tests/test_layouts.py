@@ -149,6 +149,16 @@ def test_a_broken_tree_gives_one_line_naming_the_path(name, how, tmp_path):
         assert "TestImagelist.txt lists 6 images" in str(info.value)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_fifo_in_place_of_a_label_file_is_named_never_opened(tmp_path):
+    root = make_tree("nuswide", tmp_path / "nus", n_train=4, n_val=3)
+    labels = root / "Groundtruth" / "Labels_Test.txt"
+    labels.unlink()
+    os.mkfifo(labels)  # opening it would block forever
+    with pytest.raises(LayoutError, match=f"missing {labels} \\(NUS-WIDE Test labels.*it is not a regular file\\)"):
+        check_layout("nuswide", root)
+
+
 def test_missing_images_policy(tmp_path):
     """Without skip_bad any missing listed image is an error; with it they are dropped and reported, unless more
     than half of a split is missing (the wrong folder or an unfinished download)."""

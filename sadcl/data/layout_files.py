@@ -87,8 +87,10 @@ def _first_with(candidates: Sequence[Path], markers: Sequence[str]) -> Path:
 
 def _need(path: Path, what: str, folder: bool = False) -> list[str]:
     """``["PATH (what)"]`` when ``path`` is not the folder/file expected, else ``[]``."""
-    ok = path.is_dir() if folder else path.is_file()
-    return [] if ok else [f"{_p(path)}{os.sep if folder else ''} ({what})"]
+    if path.is_dir() if folder else path.is_file():
+        return []
+    kind = "" if not path.exists() else "; it is not a folder" if folder else "; it is not a regular file"
+    return [f"{_p(path)}{os.sep if folder else ''} ({what}{kind})"]  # a FIFO is never opened
 
 
 def _wrap(path: Path, error: Exception) -> LayoutError:
@@ -235,10 +237,10 @@ class NusWide(Layout):
                     f"or give the combined {_p(combined)})"
                 )
             return out
-        return out + [
-            f"{_p(combined)} (NUS-WIDE {word} labels: 81 space-separated 0/1 per line; or the per-concept "
-            f"{_p(base / 'Groundtruth' / 'TrainTestLabels')}{os.sep} files)"
-        ]
+        per_concept = f"{_p(base / 'Groundtruth' / 'TrainTestLabels')}{os.sep}"
+        return out + _need(
+            combined, f"NUS-WIDE {word} labels: 81 space-separated 0/1 per line, or the per-concept {per_concept} files"
+        )
 
     def read(self, base: Path, split: str) -> Listing:
         word = self._word(split)
