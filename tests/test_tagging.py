@@ -400,3 +400,27 @@ def test_url_credentials_never_reach_the_output_and_resume_still_matches(tiny, i
     assert read_jsonl(out)[0]["image"] == "http://127.0.0.1:9/x.png"
     assert predict_cli(tiny, images, "--skip-bad", "--output", str(out), "--resume", url) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_memory_stays_flat_however_many_images(tiny, tmp_path, monkeypatch):
+    """The job keeps nothing per image: 10x the images, the same peak (the model is faked, the job is real)."""
+    import tracemalloc
+
+    from sadcl.inference import Prediction
+    from sadcl.tagging import job
+
+    def fake_predict(model, images, *, batch_size, **kwargs):
+        for chunk in shard.chunks(images, batch_size):
+            yield [Prediction(0, item, {"x": 0.5, "y": float("nan")}, None) for item in chunk]
+
+    monkeypatch.setattr(sadcl.inference, "iter_predict", fake_predict)
+    peaks = []
+    for n in (500, 5_000):
+        monkeypatch.setattr(job, "iter_images", lambda items, recursive, n=n: (f"img{i:06d}.png" for i in range(n)))
+        out = tmp_path / f"{n}.csv"
+        tracemalloc.start()
+        assert predict_cli(tiny, tmp_path, "--batch-size", "50", "--output", str(out), "x.png") == 1  # NaN: exit 1
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert out.read_bytes().count(b"\n") == n + 1
+    assert peaks[1] - peaks[0] < 100_000, peaks  # a list of the 5,000 names alone would take ~350 kB

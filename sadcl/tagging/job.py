@@ -240,8 +240,6 @@ def _resume(o: JobOptions, labels: list[str], inputs: Iterator[str]) -> tuple[in
 def run(o: JobOptions) -> int:
     """Run the job; the exit code: 0 all done, 1 done but some images skipped or with NaN scores. Errors raise
     (one line each); under torchrun only rank 0 raises, the other processes return 2 quietly."""
-    _check_output(o)
-    check_folders(o.images, o.recursive)
     group = shard.join()
     try:
         return _run(o, group)
@@ -257,10 +255,12 @@ def _run(o: JobOptions, group: shard.Group) -> int:
 
     model, error = None, None
     try:
+        _check_output(o)  # the cheap checks first: a refused --output costs no model loading
+        check_folders(o.images, o.recursive)
         model = model_from_args(o.model, o.checkpoint)
     except Exception as e:
         error = e
-    shard.settle(group, error)
+    shard.settle(group, error)  # every rank checked before rank 0 creates --output
     labels = list(model.label_names)
 
     inputs = iter_images(o.images, o.recursive)
