@@ -106,8 +106,10 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=_probability, help="keep labels scoring above this probability")
     g.add_argument("--top-k", type=_positive_int, help="keep the k best labels per image")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cpu)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (per process under torchrun)")
+    p.add_argument(
+        "--device", help="cpu, cuda, cuda:1 … (default: cpu; under torchrun cuda:LOCAL_RANK if CUDA is there)"
+    )
     p.add_argument(
         "--json",
         action="store_true",
