@@ -168,7 +168,7 @@ def test_missing_images_policy(tmp_path):
         check_layout("vg500", root)
     report = check_layout("vg500", root, skip_bad=True)
     assert report.splits["val"].missing == 1 and report.splits["val"].sample_problem == f"missing: {gone}"
-    assert report.splits["val"].images == 6  # listed; the loader drops the missing one
+    assert report.splits["val"].images == 5  # what the loader keeps
     with pytest.warns(UserWarning, match=f"dropped 1 missing or unreadable image.*e.g. {gone}"):
         ds = load_split("vg500", root, "val", skip_bad=True)
     assert len(ds) == 5 and gone not in ds.paths

@@ -44,9 +44,10 @@ _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".
 
 @dataclass
 class SplitReport:
-    """What one split holds: ``images`` used, ``labels`` (classes), ``positives`` (1s in the targets),
-    ``empty`` (images without a label), ``unreadable``/``missing`` (listed images that cannot be used:
-    dropped with ``skip_bad``), ``unlisted`` (image files in the folder that no list names), one sample."""
+    """What one split holds: ``images`` the loader will use, ``labels`` (classes), ``positives`` (1s in their
+    targets), ``empty`` (images without a label), ``unreadable``/``missing`` (listed images that cannot be
+    used: dropped with ``skip_bad``, not counted in ``images``), ``unlisted`` (image files in the folder that
+    no list names), one sample problem."""
 
     name: str
     images: int
@@ -199,11 +200,13 @@ def check_layout(
             absent = set(missing)
             unreadable = _unreadable([p for p in li.paths if p not in absent])
             _check_bad(name, split, li, [p for p, _ in unreadable], "unreadable", skip_bad)
+        bad = set(missing).union(p for p, _ in unreadable)  # dropped by the loader (skip_bad)
+        used = [p not in bad for p in li.paths] if bad else slice(None)
         splits[split] = SplitReport(
             name=split,
-            images=len(li.paths),
+            images=len(li.paths) - len(bad),
             labels=len(li.label_names),
-            positives=int(li.targets.sum()),
+            positives=int(li.targets[used].sum()),
             empty=li.empty,
             unreadable=len(unreadable),
             unlisted=unlisted[split],
