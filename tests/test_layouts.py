@@ -96,6 +96,13 @@ def test_the_data_root_may_hold_the_dataset_folder(name, inside, tmp_path):
     assert report.splits["val"].images == N_VAL
 
 
+def test_the_data_root_may_be_the_vocdevkit_folder(tmp_path):
+    make_tree("voc2012", tmp_path)
+    report = check_layout("voc2012", tmp_path / "VOCdevkit")
+    assert report.splits["train"].list_file.endswith(os.path.join("VOC2012", "ImageSets", "Main", "trainval.txt"))
+    assert report.splits["val"].list_file.endswith(os.path.join("VOC2007", "ImageSets", "Main", "test.txt"))
+
+
 def test_every_missing_folder_and_file_is_named_at_once(tmp_path):
     root = make_tree("coco2014", tmp_path / "coco")
     (root / "annotations" / "instances_train2014.json").unlink()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -98,13 +99,14 @@ def _wrap(path: Path, error: Exception) -> LayoutError:
     return LayoutError(text if str(path) in text else f"{_p(path)}: {text}")
 
 
-class Layout:
+class Layout(ABC):
     """How one dataset lies on disk (subclasses: one per dataset)."""
 
     name: str
     labels: str  # the packaged label set
     shape: str  # the layout, for messages
     also: tuple[str, ...] = ()  # sub-folders of the data root also searched for the dataset
+    markers: tuple[str, ...] = ()  # entries that say a folder holds the dataset
 
     def label_names(self) -> tuple[str, ...]:
         return read_labels(self.labels)
@@ -113,14 +115,13 @@ class Layout:
         """The folder holding ``split``'s files (the data root or a known sub-folder of it)."""
         return _first_with([root, *(root / a for a in self.also)], self.markers)
 
-    markers: tuple[str, ...] = ()
-
+    @abstractmethod
     def missing(self, base: Path, split: str) -> list[str]:
         """``"PATH (what)"`` for every folder or file of ``split`` that is not there."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(self, base: Path, split: str) -> Listing:
-        raise NotImplementedError
+        """``split`` as its files list it (call after :meth:`missing` found nothing missing)."""
 
 
 class Coco2014(Layout):
