@@ -123,8 +123,11 @@ class _Count(threading.Thread):
 class _Report:
     """Rank 0's side of the job: the output, the progress bar, the messages and the exit code."""
 
-    def __init__(self, o: JobOptions, labels: list[str], done: int, existing: ExistingOutput | None) -> None:
+    def __init__(
+        self, o: JobOptions, labels: list[str], done: int, existing: ExistingOutput | None, drop: int = 0
+    ) -> None:
         self.o, self.done_before, self.new, self.skipped, self.nan, self.nan_names = o, done, 0, 0, 0, []
+        self.drop = drop  # records at the start that the file already holds (see _run)
         self.writer = None
         if o.output is not None:
             self.writer = Writer(output_file(o.output, labels), existing=existing, overwrite=o.overwrite)
@@ -149,6 +152,10 @@ class _Report:
             file.flush()
 
     def add(self, records: list[Record]) -> None:
+        if self.drop:
+            records, self.drop = records[self.drop :], max(0, self.drop - len(records))
+        if not records:
+            return
         if self.writer is not None:
             self.writer.write(records)
         else:
@@ -263,19 +270,21 @@ def _run(o: JobOptions, group: shard.Group) -> int:
     shard.settle(group, error)  # every rank checked before rank 0 creates --output
     labels = list(model.label_names)
 
-    inputs = iter_images(o.images, o.recursive)
     done, existing, error = 0, None, None
     if group.is_main:
         try:
-            done, existing = _resume(o, labels, inputs)
+            done, existing = _resume(o, labels, iter_images(o.images, o.recursive))
         except Exception as e:
             error = e
     shard.settle(group, error)
     done = shard.broadcast(group, done)
-    if not group.is_main:
-        inputs = islice(inputs, done, None)
+    # Batches start where they started in the interrupted job (a multiple of --batch-size): the same images
+    # batched together give the same scores to the last bit. The few images of a batch the file holds in part
+    # are scored again and their records dropped, never written twice.
+    redo = done % o.batch_size
+    inputs = islice(iter_images(o.images, o.recursive), done - redo, None)
 
-    report = _Report(o, labels, done, existing) if group.is_main else None
+    report = _Report(o, labels, done, existing, drop=redo) if group.is_main else None
     mine = shard.dealt(inputs, o.batch_size, group)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonFiniteScoreWarning)  # counted over the whole job below
