@@ -1,6 +1,6 @@
 """Training input pipeline per CPU core on COCO-sized JPEGs: images/s per worker and cores to feed a GPU.
 
-    python benchmarks/bench_input_pipeline.py [--images 128] [--rounds 7] [--out benchmarks/results/input_pipeline.json]
+    python benchmarks/bench_input_pipeline.py [--images 128] [--rounds 5] [--out benchmarks/results/input_pipeline.json]
     python benchmarks/bench_input_pipeline.py --quick      # a few seconds: checks that the script works
 
 Images: ``--images`` JPEGs (quality 90) of COCO's usual sizes, 640x480, 480x640 and one in five 500x375,
@@ -20,16 +20,21 @@ of a ``DataSpec``, its ``__getitem__``: file open + decode (``load_image``) + au
 * ``eval``: the evaluation transform (squash Resize 448).
 
 Each also runs with torchvision's own ``ToTensor`` + ``Normalize`` in place of sadcl's (``*_torchvision_tail``,
-the pipeline before the speed-up; outputs checked identical first, same seeds). Every timed call is one pass
-over all images with the RNGs reseeded, so every round does the same work; contenders alternate in rotating
-order (``_common.alternate``). Per-core rate = images / time of a pass: the best round (the machine's
-undisturbed rate, used for the cores needed) and the median. Then: a per-stage breakdown (read + decode,
-each augmentation op, tensor conversion; medians over rounds; Pillow's bare decode for comparison); a
-DataLoader as the trainer builds it (``ShardedBatchSampler``, batch 32) with 1 and 2 workers (steady-state
-epochs of persistent workers; the first epoch, with worker start-up, reported apart) and ``default_collate``
-of one batch alone. Cores needed to feed ``--targets`` (default 550 and 700 images/s, our H100 training step
-eager and compiled, README) = ceil(target / per-core rate), from the bare pipeline and from one DataLoader
-worker; the training process itself needs a core more.
+the pipeline before the speed-up; outputs checked identical first, same seeds). Timed calls are chunks of
+``--batch`` images; chunk by chunk, ``--rounds`` rounds in which the six contenders alternate in rotating order
+(``_common.alternate``), the RNGs reseeded per call so that every round does the same work. Both CPU time
+(``time.process_time``: what the pass costs one core, little affected by other jobs taking turns on the
+machine) and wall time are recorded. Per-core rate = images / CPU seconds of a pass, *best* (the sum over
+chunks of each chunk's fastest round: the undisturbed rate, used for the cores needed) and *median*; the
+speed-up is the median of paired before/after ratios. Then: a per-stage breakdown in CPU time (read +
+decode, each augmentation op, tensor conversion; medians over rounds; Pillow's bare decode and torchvision's
+tail for comparison); a DataLoader as the trainer builds it (``ShardedBatchSampler``, batch 32) with 1 and 2
+workers (steady-state epochs of persistent workers: wall images/s, and images per CPU second of the workers,
+collation and hand-over included; the first epoch, with worker start-up, apart) and ``default_collate`` of
+one batch alone. Cores needed to feed ``--targets`` (default 550 and 700 images/s, our H100 training step
+eager and compiled, README) = ceil(target / per-core rate), from the bare pipeline and from the worker's CPU
+time; the training process itself needs a core more. On a machine shared with other jobs even CPU time is
+inflated (caches, a hyperthread sibling): rerun there when it is quiet.
 
 GPU: with ``--image-dir DIR`` the JPEGs and ``labels.csv`` are written to a new folder and kept, so that
 ``sadcl train --data DIR/labels.csv --model sadcl_coco_448 --batch-size 32 --num-workers K`` on a GPU machine
@@ -186,18 +191,55 @@ def _reseed() -> None:
     torch.manual_seed(0)
 
 
-def one_pass(dataset: Any, cpu: list[float]) -> Callable[[], None]:
-    """A pass over the whole dataset through ``__getitem__``, the RNGs reseeded (same work every call); its
-    CPU seconds are appended to ``cpu`` (the wall time is measured by the caller)."""
+def one_pass(dataset: Any, indices: range, seed: int, cpu: list[float]) -> Callable[[], None]:
+    """``dataset[i]`` for ``i`` in ``indices``, the RNGs seeded with ``seed`` first (the same work on every call);
+    its CPU seconds are appended to ``cpu`` (the caller measures the wall time)."""
 
     def run() -> None:
-        _reseed()
+        random.seed(seed)
+        torch.manual_seed(seed)
         c0 = time.process_time()
-        for i in range(len(dataset)):
+        for i in indices:
             dataset[i]
         cpu.append(time.process_time() - c0)
 
     return run
+
+
+def timed_chunks(datasets: dict[str, Any], chunk: int, rounds: int) -> dict[str, dict[str, list[list[float]]]]:
+    """Per contender, ``rounds`` wall and CPU times of each chunk of ``chunk`` images. Chunk by chunk the
+    contenders alternate (``_common.alternate``), so both sides of a comparison run on the same images with the
+    same random draws, next to each other in time: short rounds, so that a busy phase of the machine hits
+    both."""
+    n = len(next(iter(datasets.values())))
+    out: dict[str, dict[str, list[list[float]]]] = {k: {"wall": [], "cpu": []} for k in datasets}
+    for c, start in enumerate(range(0, n, chunk)):
+        indices = range(start, min(start + chunk, n))
+        cpu: dict[str, list[float]] = {k: [] for k in datasets}
+        warmup = 1 if c == 0 else 0
+        fns = {k: one_pass(ds, indices, c, cpu[k]) for k, ds in datasets.items()}
+        wall = _common.alternate(fns, rounds=rounds, warmup=warmup)
+        for k in datasets:
+            out[k]["wall"].append(wall[k])
+            out[k]["cpu"].append(cpu[k][warmup:])
+    return out
+
+
+def pass_rates(n: int, times: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """Images/s of a pass over the ``n`` images, from CPU and wall time: *best* adds up each chunk's fastest
+    round (the undisturbed rate), *median* each chunk's median."""
+    out: dict[str, Any] = {}
+    for clock in ("cpu", "wall"):
+        chunks = times[clock]
+        out[f"images_per_s_{clock}_best"] = n / sum(min(v) for v in chunks)
+        out[f"images_per_s_{clock}_median"] = n / sum(statistics.median(v) for v in chunks)
+        out[f"{clock}_s_per_chunk"] = [[round(t, 6) for t in v] for v in chunks]
+    return out
+
+
+def paired_speedup(before: dict[str, list[list[float]]], after: dict[str, list[list[float]]], clock: str) -> float:
+    """Median over (chunk, round) of before/after time: each ratio compares two neighbouring runs."""
+    return statistics.median(b / a for bs, afters in zip(before[clock], after[clock]) for b, a in zip(bs, afters))
 
 
 def rates(n: int, wall: list[float], cpu: list[float] | None) -> dict[str, Any]:
@@ -335,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.images or (4 if args.quick else 128)
     size = args.img_size or (64 if args.quick else 448)
     batch = args.batch or (2 if args.quick else 32)
-    rounds = args.rounds or (2 if args.quick else 7)
+    rounds = args.rounds or (2 if args.quick else 5)
     if n < 2 * batch:
         raise SystemExit(f"bench_input_pipeline: --images ({n}) must be at least two batches (--batch {batch})")
     if args.image_dir is not None and args.image_dir.exists():
@@ -355,28 +397,28 @@ def main(argv: list[str] | None = None) -> dict:
         check_identical(datasets)
         report["identical_to_torchvision_tail"] = True
 
-        cpu: dict[str, list[float]] = {k: [] for k in datasets}
-        wall = _common.alternate({k: one_pass(ds, cpu[k]) for k, ds in datasets.items()}, rounds=rounds)
+        times = timed_chunks(datasets, batch, rounds)
         pipes: dict[str, Any] = {}
         for name in PIPELINES:
-            after, before = (rates(n, wall[k], cpu[k][1:]) for k in (name, f"{name}_torchvision_tail"))
-            headline = after["images_per_s_cpu_best"]
+            after, before = times[name], times[f"{name}_torchvision_tail"]
+            rate = pass_rates(n, after)
+            headline = rate["images_per_s_cpu_best"]
             pipes[name] = {
                 "transforms": repr(datasets[name].transform),
                 "images_per_s_per_core": headline,
                 "cores_needed": cores_needed(headline, args.targets),
-                "cores_needed_wall_median": cores_needed(after["images_per_s_wall_median"], args.targets),
-                "after": after,
-                "before": before,
-                "speedup_cpu_best": headline / before["images_per_s_cpu_best"],
-                "speedup_wall_median": after["images_per_s_wall_median"] / before["images_per_s_wall_median"],
-                "breakdown": breakdown(datasets[name], datasets[name].transform, max(1, rounds // 2)),
+                "cores_needed_wall_median": cores_needed(rate["images_per_s_wall_median"], args.targets),
+                "after": rate,
+                "before": pass_rates(n, before),
+                "speedup_cpu": paired_speedup(before, after, "cpu"),
+                "speedup_wall": paired_speedup(before, after, "wall"),
+                "breakdown": breakdown(datasets[name], datasets[name].transform, (rounds + 1) // 2),
             }
         report["pipelines"] = pipes
 
         loaders = {}
         for name in ("sadcl", "baseline"):
-            ld = loader_rates(datasets[name], batch, (1, 2), epochs=max(1, rounds // 2))
+            ld = loader_rates(datasets[name], batch, (1, 2), epochs=(rounds + 1) // 2)
             per_cpu_s = ld["workers_1"]["images_per_worker_cpu_s_best"]
             if per_cpu_s:
                 ld["cores_needed_from_worker_cpu"] = cores_needed(per_cpu_s, args.targets)
@@ -399,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "img/s/core": pipe["images_per_s_per_core"],
                 "wall median": pipe["after"]["images_per_s_wall_median"],
                 "before": pipe["before"]["images_per_s_cpu_best"],
-                "speedup": pipe["speedup_cpu_best"],
+                "speedup": pipe["speedup_cpu"],
                 "decode ms": b["decode"],
                 "augment ms": b["augment"],
                 "tensor ms": b["to_tensor_normalize"],
