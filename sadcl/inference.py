@@ -123,7 +123,7 @@ def _model_batches(
     mean = torch.tensor(pre.mean, dtype=torch.float32, device=dev).view(3, 1, 1)
     std = torch.tensor(pre.std, dtype=torch.float32, device=dev).view(3, 1, 1)
     stream = decoded_batches(
-        _as_iterable(images), pre.img_size, pre.interpolation, batch_size=batch_size, workers=workers
+        _as_iterable(images), pre.img_size, pre.interpolation, batch_size=batch_size, workers=workers, device=dev.type
     )
     try:
         for batch in stream:
@@ -227,9 +227,11 @@ def iter_predict(
     preprocessed float tensor ``[B, 3, H, W]``. ``threshold``, ``top_k``: as for :func:`predict`.
 
     ``workers``: processes decoding and resizing images while the model scores the batch before: ``None``
-    (default) uses :func:`sadcl.data.stream.default_workers` (half the cores, at most 4) when there is more
-    than one batch and decodes in this process otherwise; ``0`` always decodes in this process. The workers end
-    when the iterator is exhausted, closed or released (``break``, exception, Ctrl-C).
+    (default) decodes in this process when the input is a single batch, else starts
+    :func:`sadcl.data.stream.default_workers` (on a CPU half the cores, at most 4; on a GPU all cores but one,
+    at most 16; none inside a daemonic process such as a DataLoader worker); ``0`` always decodes in this
+    process. The workers end when the iterator is exhausted, closed or released (``break``, exception,
+    Ctrl-C).
 
     An unreadable image raises :class:`~sadcl.data.images.ImageLoadError` naming it (in this process, one
     line), after the batches before its own were yielded; with ``skip_bad=True`` its prediction has

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
 from pathlib import Path
 
@@ -197,3 +198,33 @@ def test_nan_warned_once_per_stream(model, monkeypatch):
         preds = flat(iter_predict(model, images, batch_size=2, workers=0))
     assert len([w for w in caught if w.category is NonFiniteScoreWarning]) == 1
     assert all(math.isnan(s) for s in preds[2].scores.values())  # kept, not warned again
+
+
+@pytest.mark.parametrize(("cores", "cpu", "cuda"), [(1, 1, 1), (2, 1, 1), (8, 4, 7), (64, 4, 16)])
+def test_default_workers_by_device(monkeypatch, cores, cpu, cuda):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert (stream.default_workers("cpu"), stream.default_workers("cuda")) == (cpu, cuda)
+
+
+def _in_a_daemon(conn, folder):
+    images = [Image.open(p) for p in folder[:5]]
+    try:
+        batches = list(stream.decoded_batches(images, (56, 56), batch_size=2))  # default: no worker processes
+        try:
+            next(stream.decoded_batches(images, (56, 56), batch_size=2, workers=2))
+            conn.send("workers=2 ran")
+        except ValueError as e:
+            conn.send(([len(b.loaded) for b in batches], str(e)))
+    except BaseException as e:
+        conn.send(f"{type(e).__name__}: {e}")
+
+
+def test_a_daemonic_process_decodes_in_place(folder):
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_in_a_daemon, args=(child, folder), daemon=True)
+    proc.start()
+    assert parent.poll(20)
+    got = parent.recv()
+    proc.join(5)
+    assert got[0] == [2, 2, 1] and "daemonic process" in got[1] and "workers=0" in got[1], got

@@ -39,7 +39,8 @@ from .transforms import _PIL_RESAMPLE
 
 ImageInput = str | os.PathLike | Image.Image
 
-MAX_DEFAULT_WORKERS = 4
+MAX_DEFAULT_WORKERS = 4  # on a CPU (the model needs cores too)
+MAX_ACCELERATOR_WORKERS = 16
 
 
 def load_item(item: ImageInput) -> Image.Image:
@@ -106,11 +107,20 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def default_workers() -> int:
-    """Decoding processes when ``workers=None`` and the input is more than one batch: half the usable cores
-    (the model's threads use the rest), at least 1, at most ``MAX_DEFAULT_WORKERS``."""
+def default_workers(device: str = "cpu") -> int:
+    """Decoding processes when ``workers=None`` and the input is more than one batch.
+
+    On a CPU the model's threads run on the same cores as the decoders: half the usable cores, at least 1, at
+    most 4. On an accelerator (``device`` ``"cuda"``, ...) the cores only decode: all but one (the main
+    process's), at least 1, at most 16. In a daemonic process (a DataLoader worker), which cannot start
+    processes: 0.
+    """
+    if mp.current_process().daemon:
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_WORKERS, cores // 2))
+    if device == "cpu":
+        return max(1, min(MAX_DEFAULT_WORKERS, cores // 2))
+    return max(1, min(MAX_ACCELERATOR_WORKERS, cores - 1))
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -164,11 +174,13 @@ def decoded_batches(
     batch_size: int = 16,
     workers: int | None = None,
     prefetch: int | None = None,
+    device: str = "cpu",
 ) -> Iterator[DecodedBatch]:
     """The batches of ``images``, decoded (:func:`decode`), in input order.
 
     ``workers``: decoding processes; 0: in this process, one batch at a time; ``None``: in this process when
-    the input is a single batch (no start-up cost for one image), else :func:`default_workers`.
+    the input is a single batch (no start-up cost for one image), else :func:`default_workers` for ``device``
+    (the type of the device the batches are for: ``"cpu"``, ``"cuda"``, ...).
     ``prefetch``: batches decoded or being decoded ahead of the one the caller holds (default ``workers + 1``:
     each worker has one queued); at most ``prefetch + 1`` batches of the input are read ahead. When reading the
     input fails, the batches before the failure are delivered first. Close the generator (or let it finish)
@@ -178,10 +190,15 @@ def decoded_batches(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    if workers and mp.current_process().daemon:
+        raise ValueError(
+            f"workers={workers}: this is a daemonic process (e.g. a DataLoader worker), which cannot start "
+            "processes; use workers=0"
+        )
     chunks = _chunks(images, batch_size)
     if workers is None:
         head = list(islice(chunks, 2))  # one batch only: decoding in place is faster than starting workers
-        workers = default_workers() if len(head) > 1 else 0
+        workers = default_workers(device) if len(head) > 1 else 0
         chunks = chain(head, chunks)
     if workers == 0:
         for items in chunks:
