@@ -223,11 +223,11 @@ def iter_predict(
     batch is scored.
 
     ``images``: an iterable of paths, ``http(s)://`` URLs and PIL images (read lazily: a generator of millions
-    of paths streams through in flat memory, at most ``workers + 2`` batches read ahead), one such item, or a
-    preprocessed float tensor ``[B, 3, H, W]``. ``threshold``, ``top_k``: as for :func:`predict`.
+    of paths streams through in flat memory, at most ``max(workers + 2, 5)`` batches read ahead), one such
+    item, or a preprocessed float tensor ``[B, 3, H, W]``. ``threshold``, ``top_k``: as for :func:`predict`.
 
     ``workers``: processes decoding and resizing images while the model scores the batch before: ``None``
-    (default) decodes in this process when the input is a single batch, else starts
+    (default) decodes in this process when the input is at most 4 batches, else starts
     :func:`sadcl.data.stream.default_workers` (on a CPU half the cores, at most 4; on a GPU all cores but one,
     at most 16; none inside a daemonic process such as a DataLoader worker); ``0`` always decodes in this
     process. The workers end when the iterator is exhausted, closed or released (``break``, exception,

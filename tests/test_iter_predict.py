@@ -147,6 +147,12 @@ def test_skip_bad_in_a_worker_names_the_file(model, folder, tmp_path):
 
 def test_breaking_out_or_failing_ends_the_workers(model, folder):
     before = children()
+    for _batch in iter_predict(model, folder[:8], batch_size=2):  # 4 batches: decoded in place by default
+        assert children() == before
+    for _batch in iter_predict(model, folder[:9], batch_size=2):  # 5: worker processes
+        assert children() - before
+        break
+    assert children() == before
     for _batch in iter_predict(model, folder * 3, batch_size=2, workers=2):
         assert children() - before  # the workers run while the loop holds a batch
         break

@@ -41,6 +41,10 @@ ImageInput = str | os.PathLike | Image.Image
 
 MAX_DEFAULT_WORKERS = 4  # on a CPU (the model needs cores too)
 MAX_ACCELERATOR_WORKERS = 16
+# workers=None decodes an input of at most this many batches in place: starting and ending worker processes
+# (a fork of a process holding torch and a model, then its exit) costs tens of milliseconds, which a few
+# batches do not win back.
+IN_PLACE_BATCHES = 4
 
 
 def load_item(item: ImageInput) -> Image.Image:
@@ -179,10 +183,11 @@ def decoded_batches(
     """The batches of ``images``, decoded (:func:`decode`), in input order.
 
     ``workers``: decoding processes; 0: in this process, one batch at a time; ``None``: in this process when
-    the input is a single batch (no start-up cost for one image), else :func:`default_workers` for ``device``
-    (the type of the device the batches are for: ``"cpu"``, ``"cuda"``, ...).
+    the input is at most ``IN_PLACE_BATCHES`` batches, else :func:`default_workers` for ``device`` (the type
+    of the device the batches are for: ``"cpu"``, ``"cuda"``, ...).
     ``prefetch``: batches decoded or being decoded ahead of the one the caller holds (default ``workers + 1``:
-    each worker has one queued); at most ``prefetch + 1`` batches of the input are read ahead. When reading the
+    each worker has one queued); at most ``prefetch + 1`` batches of the input (``IN_PLACE_BATCHES + 1`` when
+    ``workers`` is ``None`` and that is more) are read ahead. When reading the
     input fails, the batches before the failure are delivered first. Close the generator (or let it finish)
     to end the workers; a ``break`` or an exception in a ``for`` loop over it does so when it is released.
     """
@@ -197,8 +202,8 @@ def decoded_batches(
         )
     chunks = _chunks(images, batch_size)
     if workers is None:
-        head = list(islice(chunks, 2))  # one batch only: decoding in place is faster than starting workers
-        workers = default_workers(device) if len(head) > 1 else 0
+        head = list(islice(chunks, IN_PLACE_BATCHES + 1))
+        workers = default_workers(device) if len(head) > IN_PLACE_BATCHES else 0
         chunks = chain(head, chunks)
     if workers == 0:
         for items in chunks:
