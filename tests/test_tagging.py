@@ -261,6 +261,23 @@ def test_resume_reads_a_bounded_line(tiny, images, tmp_path, capsys, monkeypatch
     assert out.read_bytes() == b"[" * 1000
 
 
+def test_a_file_another_job_is_writing_is_refused(tiny, images, tmp_path, capsys):
+    """A requeued job started while the first still runs: the first holds the file's lock."""
+    import fcntl
+
+    out = tmp_path / "t.csv"
+    assert predict_cli(tiny, images, "--output", str(out), str(images)) == 0
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    with open(out, "rb") as other_job:
+        fcntl.flock(other_job, fcntl.LOCK_EX)
+        for flag in ("--resume", "--overwrite"):
+            assert predict_cli(tiny, images, "--output", str(out), flag, str(images)) == 2
+            one_error_line(capsys.readouterr().err, f"--output {out} is being written by another job")
+            assert snapshot(tmp_path) == before
+    assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images)) == 0  # the lock is gone
+
+
 # -- refusals at the door ------------------------------------------------------------------------------------
 def test_an_existing_output_is_refused_unless_resume_or_overwrite(tiny, images, tmp_path, capsys):
     out = tmp_path / "tags.jsonl"
@@ -388,8 +405,12 @@ def test_csv_reader_and_writer_round_trip_undecodable_names(tmp_path):
     name = os.fsdecode(b"caf\xe9 \xff.png")  # a file name that is not UTF-8: lone surrogates in Python
     for suffix in (".csv", ".jsonl"):
         out = output_file(tmp_path / f"t{suffix}", ["x", "y"])
-        Writer(out).write([Record(name, {"y": 0.25, "x": 0.5})])
-        assert list(ExistingOutput(out).images()) == [name]
+        writer = Writer(out)
+        writer.write([Record(name, {"y": 0.25, "x": 0.5})])
+        writer.close()
+        existing = ExistingOutput(out)
+        assert list(existing.images()) == [name]
+        existing.close()
     assert (tmp_path / "t.csv").read_bytes().endswith(b"caf\xe9 \xff.png,0.5,0.25,\r\n")  # the name's own bytes
     (tmp_path / "t.jsonl").read_bytes().decode("utf-8")  # JSON Lines stays valid UTF-8 (\udcXX escapes)
 

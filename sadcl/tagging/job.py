@@ -180,6 +180,12 @@ class _Report:
             self.bar.close()
             self.bar = None
 
+    def close(self) -> None:
+        """Release the output's lock; the bar is closed."""
+        self._close_bar()
+        if self.writer is not None:
+            self.writer.close()
+
     def interrupted(self) -> None:
         """Ctrl-C: say how to go on (the records written so far are whole)."""
         self._close_bar()
@@ -219,6 +225,14 @@ def _resume(o: JobOptions, labels: list[str], inputs: Iterator[str]) -> tuple[in
     if o.output is None or not o.resume or not os.path.exists(o.output):
         return 0, None
     existing = ExistingOutput(output_file(o.output, labels))
+    try:
+        return _check_records(o, existing, inputs)
+    except BaseException:
+        existing.close()
+        raise
+
+
+def _check_records(o: JobOptions, existing: ExistingOutput, inputs: Iterator[str]) -> tuple[int, ExistingOutput]:
     done = 0
     for done, image in enumerate(existing.images(), start=1):
         given = next(inputs, None)
@@ -257,7 +271,6 @@ def run(o: JobOptions) -> int:
 
 
 def _run(o: JobOptions, group: shard.Group) -> int:
-    from ..inference import NonFiniteScoreWarning, iter_predict
     from ..zoo.factory import model_from_args
 
     model, error = None, None
@@ -276,18 +289,32 @@ def _run(o: JobOptions, group: shard.Group) -> int:
             done, existing = _resume(o, labels, iter_images(o.images, o.recursive))
         except Exception as e:
             error = e
-    shard.settle(group, error)
-    done = shard.broadcast(group, done)
-    # Batches start where they started in the interrupted job (a multiple of --batch-size): the same images
-    # batched together give the same scores to the last bit. The few images of a batch the file holds in part
-    # are scored again and their records dropped, never written twice.
-    redo = done % o.batch_size
-    inputs = islice(iter_images(o.images, o.recursive), done - redo, None)
+    report = None
+    try:
+        shard.settle(group, error)
+        done = shard.broadcast(group, done)
+        # Batches start where they started in the interrupted job (a multiple of --batch-size): the same images
+        # batched together give the same scores to the last bit. The few images of a batch the file holds in
+        # part are scored again and their records dropped, never written twice.
+        redo = done % o.batch_size
+        inputs = islice(iter_images(o.images, o.recursive), done - redo, None)
+        report = _Report(o, labels, done, existing, drop=redo) if group.is_main else None
+        _score(o, group, model, inputs, report)
+        return report.finish() if report is not None else 0
+    finally:  # the output's lock is released, whatever happened
+        if report is not None:
+            report.close()
+        if existing is not None:
+            existing.close()
 
-    report = _Report(o, labels, done, existing, drop=redo) if group.is_main else None
+
+def _score(o: JobOptions, group: shard.Group, model, inputs: Iterator[str], report: _Report | None) -> None:
+    """Score this rank's batches of ``inputs``; rank 0 hands each round's records to ``report``."""
+    from ..inference import NonFiniteScoreWarning, iter_predict
+
     mine = shard.dealt(inputs, o.batch_size, group)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NonFiniteScoreWarning)  # counted over the whole job below
+        warnings.simplefilter("ignore", NonFiniteScoreWarning)  # counted over the whole job by the report
         predictions = iter_predict(
             model, mine, batch_size=o.batch_size, device=_device(o, group), workers=o.workers, skip_bad=o.skip_bad
         )
@@ -302,4 +329,3 @@ def _run(o: JobOptions, group: shard.Group) -> int:
             raise
         finally:
             predictions.close()  # ends the decoding workers now (also on an error or Ctrl-C)
-    return report.finish() if report is not None else 0

@@ -222,14 +222,42 @@ def output_file(path: str | os.PathLike, labels: Sequence[str]) -> OutputFile:
     return SUFFIXES[suffix](path, labels)
 
 
+def hold_lock(path: Path, fd: int) -> None:
+    """Take an exclusive advisory lock (POSIX ``flock``) on the open file ``fd`` for the job: a second
+    ``sadcl predict`` resuming or replacing the same file (a requeued job while the first still runs) is refused
+    instead of interleaving its records. The lock ends when ``fd`` is closed, also when the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FileExistsError(
+            f"--output {path} is being written by another job (it holds the file's lock): wait for it to end or "
+            "stop it, or give a new --output"
+        ) from None
+
+
 class ExistingOutput:
-    """An output file being resumed: its complete records, read as a stream, and where they end."""
+    """An output file being resumed: its complete records, read as a stream, and where they end. It holds the
+    file's lock from the first read on (:meth:`close` releases it; a :class:`Writer` takes it over)."""
 
     def __init__(self, out: OutputFile) -> None:
-        self.out, self.good_end, self.size = out, 0, 0
+        self.out, self.good_end, self.size, self.fd = out, 0, 0, None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def images(self) -> Iterator[str]:
         """The image of each complete record, in order (the CSV header is not a record)."""
+        if self.fd is None:
+            fd = os.open(self.out.path, os.O_RDONLY)
+            hold_lock(self.out.path, fd)  # closes fd when refused
+            self.fd = fd
         with open(self.out.path, "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
             yield from self.out.complete_records(f, self)
@@ -262,9 +290,18 @@ class Writer:
 
     def __init__(self, out: OutputFile, *, existing: ExistingOutput | None = None, overwrite: bool = False) -> None:
         """``existing``: the file being resumed (appended to; its header written if it has none yet)."""
-        self.out, self.overwrite = out, overwrite
+        self.out, self.overwrite, self.existing = out, overwrite, existing
         self.started = existing is not None
         self.needs_header = not (existing is not None and existing.has_header)
+        self.fd: int | None = None  # holds the file's lock once this writer created or emptied it
+
+    def close(self) -> None:
+        """Release the file's lock (the records are written already)."""
+        if self.existing is not None:
+            self.existing.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def write(self, records: Sequence[Record]) -> None:
         if not records:
@@ -280,14 +317,17 @@ class Writer:
     def _start(self) -> None:
         path = self.out.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if self.overwrite else os.O_EXCL)
+        flags = os.O_WRONLY | os.O_CREAT | (0 if self.overwrite else os.O_EXCL)
         try:
-            os.close(os.open(path, flags, 0o666))
+            fd = os.open(path, flags, 0o666)
         except FileExistsError:
             raise FileExistsError(
                 f"--output {path} appeared while the job started; pass --resume to continue it or --overwrite to "
                 "replace it"
             ) from None
+        hold_lock(path, fd)  # before emptying it: never under a job still writing it
+        self.fd = fd
+        os.ftruncate(fd, 0)
 
 
 class StdoutText:
