@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -22,7 +23,7 @@ from typing import BinaryIO, NamedTuple
 from .._atomic import append_line
 from .._text import printable
 
-__all__ = ["Record", "OutputFile", "ExistingOutput", "output_file", "StdoutText", "StdoutJson", "SUFFIXES"]
+__all__ = ["Record", "OutputFile", "ExistingOutput", "Writer", "output_file", "StdoutText", "StdoutJson", "SUFFIXES"]
 
 MAX_RECORD_BYTES = 1 << 24  # a line longer than this in a file being resumed was not written by sadcl predict
 
@@ -40,7 +41,7 @@ def _finite(score: float) -> float | None:
     return score if math.isfinite(score) else None
 
 
-class OutputFile:
+class OutputFile(ABC):
     """An output file of one format for a model's labels: its header, its records, and reading them back."""
 
     suffix = ""
@@ -51,12 +52,13 @@ class OutputFile:
     def header(self) -> bytes:
         return b""
 
+    @abstractmethod
     def encode(self, records: Sequence[Record]) -> bytes:
-        raise NotImplementedError
+        """The records as the bytes appended to the file (whole lines)."""
 
+    @abstractmethod
     def complete_records(self, f: BinaryIO, state: ExistingOutput) -> Iterator[str]:
         """The image of each complete record in ``f``, in order, updating ``state.good_end`` after each."""
-        raise NotImplementedError
 
     def begins_record(self, head: bytes, offset: int) -> bool:
         """Whether ``head``, the first bytes of a torn tail at ``offset``, can be the start of what this format
