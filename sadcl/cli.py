@@ -72,15 +72,22 @@ def _probability(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole_number(1)
 
 
 def _model_source_args(p: argparse.ArgumentParser) -> None:
@@ -123,7 +130,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", action="store_true", help="read the images of sub-folders too (sorted, depth first)")
     p.add_argument(
         "--workers",
-        type=_count,
+        type=_whole_number(0),
         help="processes decoding images while the model scores (default: half the cores, at most 4; 0: none)",
     )
     p.add_argument(
@@ -145,17 +152,6 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="no progress bar (shown on a terminal, with images/s and ETA)",
     )
-
-
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
 
 
 @command("predict", "per-label scores for images, streamed to stdout or to --output FILE (resumable)", _predict_args)

@@ -315,6 +315,18 @@ def test_bad_output_options_are_one_line_and_write_nothing(tiny, images, tmp_pat
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("value", ["-1", "2.5", "many"])
+def test_workers_is_checked_at_the_door(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--workers", value, str(tmp_path / "x.png")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"sadcl predict: error: argument --workers: must be a whole number >= 0, got {value!r} (see sadcl predict --help)\n"
+    )
+
+
 def test_resume_and_overwrite_exclude_each_other(tiny, images, tmp_path, capsys):
     with pytest.raises(SystemExit):
         predict_cli(tiny, images, "--output", str(tmp_path / "t.csv"), "--resume", "--overwrite", str(images))
