@@ -320,11 +320,7 @@ def test_workers_is_checked_at_the_door(tmp_path, capsys, value):
     with pytest.raises(SystemExit) as stop:
         main(["predict", "--workers", value, str(tmp_path / "x.png")])
     assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert (
-        err
-        == f"sadcl predict: error: argument --workers: must be a whole number >= 0, got {value!r} (see sadcl predict --help)\n"
-    )
+    one_error_line(capsys.readouterr().err, f"argument --workers: must be a whole number >= 0, got {value!r}")
 
 
 def test_resume_and_overwrite_exclude_each_other(tiny, images, tmp_path, capsys):
