@@ -279,9 +279,9 @@ def main(argv: list[str] | None = None) -> dict:
     rounds = args.rounds or (1 if quick else 5)
     n = 24 if quick else args.images
     args.batch_size = args.batch_size or (4 if quick else 16)  # quick: 6 batches, enough to start workers
-    sides = _sides(args.sides)
+    sides = _sides(args.sides)[: 1 if quick else None]
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    counts = [40, 120] if quick else sorted(int(c) for c in args.rss.split(","))
+    counts = [24, 72] if quick else sorted(int(c) for c in args.rss.split(","))
     big = ("sadcl_tiny", False) if quick else ("sadcl_coco_448", False)
     coco_n = 8 if quick else args.coco_images
     report = _common.result_header("bench_predict_folder.py", args, argv, images_per_folder=n, folders=[], results=[])
