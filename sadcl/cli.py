@@ -131,7 +131,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=_whole_number(0),
-        help="processes decoding images while the model scores (default: half the cores, at most 4; 0: none)",
+        help="processes decoding images while the model scores (default: on CPU half the cores, at most 4; on a GPU "
+        "all but one, at most 16; shared by the processes of a node under torchrun; 0: none)",
     )
     p.add_argument(
         "--output",

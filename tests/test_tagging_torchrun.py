@@ -99,3 +99,15 @@ def test_when_rank_0_stops_writing_the_others_learn_it_in_the_round_they_wait_in
     _fake_gather(monkeypatch, [("process 0 stopped writing", [])])
     with pytest.raises(shard.PeerFailed):
         list(shard.rounds(iter([[1, 2]]), 2, shard.Group(rank=1, world=2)))
+
+
+def test_under_torchrun_the_processes_of_a_node_share_the_default_workers(monkeypatch):
+    from sadcl.data import stream
+    from sadcl.tagging.job import JobOptions, _workers
+
+    monkeypatch.setattr(stream, "default_workers", lambda device: {"cpu": 4, "cuda:1": 15}[device])
+    four = shard.Group(rank=1, world=8, local_rank=1, local_world=4)
+    assert _workers(JobOptions(images=[]), four, None) == 1
+    assert _workers(JobOptions(images=[]), four, "cuda:1") == 3
+    assert _workers(JobOptions(images=[], workers=6), four, None) == 6  # --workers as given
+    assert _workers(JobOptions(images=[]), shard.Group(), None) is None  # one process: iter_predict's default

@@ -73,6 +73,16 @@ def _device(o: JobOptions, group: shard.Group) -> str | None:
     return o.device
 
 
+def _workers(o: JobOptions, group: shard.Group, device: str | None) -> int | None:
+    """``--workers``; by default :func:`sadcl.iter_predict`'s choice, but under torchrun each process takes its
+    share of it (the processes of a node share its cores)."""
+    if o.workers is not None or group.local_world == 1:
+        return o.workers
+    from ..data.stream import default_workers
+
+    return max(1, default_workers(device or "cpu") // group.local_world)
+
+
 def _kept(scores: dict[str, float], threshold: float | None, top_k: int | None) -> dict[str, float]:
     """The labels ``--threshold``/``--top-k`` keep of ``scores`` (ranked best first, NaN last, as
     :func:`sadcl.iter_predict` gives them): the same selection as ``iter_predict(threshold=, top_k=)``."""
@@ -315,8 +325,10 @@ def _score(o: JobOptions, group: shard.Group, model, inputs: Iterator[str], repo
     mine = shard.dealt(inputs, o.batch_size, group)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonFiniteScoreWarning)  # counted over the whole job by the report
+        device = _device(o, group)
+        workers = _workers(o, group, device)
         predictions = iter_predict(
-            model, mine, batch_size=o.batch_size, device=_device(o, group), workers=o.workers, skip_bad=o.skip_bad
+            model, mine, batch_size=o.batch_size, device=device, workers=workers, skip_bad=o.skip_bad
         )
         batches = shard.chunks(_records(predictions, o), o.batch_size)
         try:

@@ -35,6 +35,7 @@ class Group:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this node (they share its cores)
     owns: bool = False  # join() created the process group, leave() destroys it
 
     @property
@@ -57,11 +58,11 @@ def join() -> Group:
         return Group()
     import torch.distributed as dist
 
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    rank, local_rank, local_world = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", world)
     if dist.is_initialized():
-        return Group(dist.get_rank(), dist.get_world_size(), local_rank)
+        return Group(dist.get_rank(), dist.get_world_size(), local_rank, local_world)
     dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world)
-    return Group(rank, world, local_rank, owns=True)
+    return Group(rank, world, local_rank, local_world, owns=True)
 
 
 def leave(group: Group) -> None:
