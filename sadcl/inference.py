@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import NamedTuple
 
 import numpy as np
@@ -290,18 +290,21 @@ def predict_scores(
     Like ``model.to(device)``, this changes ``model`` in place: it is moved to ``device`` and its convolution
     weights are stored channels_last (same values, faster inference; training is unaffected).
     """
-    out = [probs for _, probs in _with_progress(_scored(model, images, batch_size, device, workers, False), progress)]
+    scored = _scored(model, images, batch_size, device, workers, False)
+    out = [probs for _, probs in _with_progress(scored, progress, images)]
     return torch.cat(out) if out else torch.empty(0, model.num_classes)
 
 
-def _with_progress(scored: Iterator[tuple[DecodedBatch, torch.Tensor]], progress: bool):
-    """``scored`` with a tqdm bar counting images when ``progress``."""
+def _with_progress(scored: Iterator[tuple[DecodedBatch, torch.Tensor]], progress: bool, images: Images):
+    """``scored`` with a tqdm bar counting images when ``progress`` (with a total when ``images`` has a length)."""
     if not progress:
         yield from scored
         return
     from tqdm.auto import tqdm
 
-    with tqdm(desc="predict", unit="image") as bar:
+    items = _as_iterable(images)
+    total = len(items) if isinstance(items, Sized) else None
+    with tqdm(desc="predict", unit="image", total=total) as bar:
         for batch, probs in scored:
             bar.update(len(batch.items))
             yield batch, probs
@@ -338,7 +341,8 @@ def predict(
     results: list[dict[str, float] | None] = []
     bad: list[str] = []
     scored_count = 0
-    for batch, probs in _with_progress(_scored(model, images, batch_size, device, workers, skip_bad), progress):
+    scored = _scored(model, images, batch_size, device, workers, skip_bad)
+    for batch, probs in _with_progress(scored, progress, images):
         start = len(results)
         for p in _predictions(batch, probs, start, names, threshold, top_k):
             if p.error is not None:

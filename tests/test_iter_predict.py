@@ -234,3 +234,11 @@ def test_a_daemonic_process_decodes_in_place(folder):
     got = parent.recv()
     proc.join(5)
     assert got[0] == [2, 2, 1] and "daemonic process" in got[1] and "workers=0" in got[1], got
+
+
+def test_predict_progress_counts_images(model, folder, capsys):
+    sadcl.predict(model, folder[:5], batch_size=2, progress=True)
+    assert "5/5" in capsys.readouterr().err  # a list has a length: the bar has a total
+    sadcl.predict(model, iter(folder[:5]), batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "5image" in err.replace(" ", "") and "/5" not in err  # a generator has none: a count only
