@@ -178,6 +178,20 @@ def test_a_dead_worker_is_one_error_naming_its_batch(model, folder, monkeypatch)
     assert children() == before
 
 
+def test_any_decoder_exception_is_that_files_failure(model, folder, monkeypatch):
+    decode = stream.decode
+
+    def buggy_on_second(item, size, interpolation):
+        if str(item).endswith("m01.png"):
+            raise ZeroDivisionError("a plugin bug")
+        return decode(item, size, interpolation)
+
+    monkeypatch.setattr(stream, "decode", buggy_on_second)
+    preds = flat(iter_predict(model, folder[:12], batch_size=2, workers=1, skip_bad=True))
+    assert preds[1].error == f"cannot load image {folder[1]}: ZeroDivisionError: a plugin bug"
+    assert [p.index for p in preds if p.scores is None] == [1]
+
+
 def test_tensor_input_and_arguments_checked_at_the_call(model):
     x = torch.randn(5, 3, 56, 56)
     preds = flat(iter_predict(model, x, batch_size=2))

@@ -94,6 +94,9 @@ def _decode_chunk(items: Sequence[ImageInput], size: tuple[int, int], interpolat
             except ImageLoadError as e:  # the loader's message names the file (or URL) and the reason
                 failures[i] = e.with_traceback(None)  # pickled without its frames
                 continue
+            except Exception as e:  # anything else a decoder raises on this file is still this file's failure
+                failures[i] = ImageLoadError(f"cannot load image {_name(item)}: {type(e).__name__}: {e}")
+                continue
             loaded.append(i)
     return pixels[: len(loaded)], loaded, failures, [(w.category, str(w.message)) for w in caught]
 
@@ -128,8 +131,9 @@ def default_workers(device: str = "cpu") -> int:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork (Linux): a worker starts in milliseconds and imports nothing; it runs only Pillow and NumPy, never
-    # torch, so the parent's threads do not matter. Elsewhere the platform's default start method.
+    # fork (Linux): a worker imports nothing and starts in tens of milliseconds even from a process holding
+    # torch and a model; it runs only Pillow and NumPy, never torch, so the parent's threads do not matter.
+    # Elsewhere the platform's default start method.
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else None)
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
 
