@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ._text import details_of, one_line, printable
@@ -341,10 +342,18 @@ def cmd_mosaics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` for training: one line in the command's words, no source location."""
-    text = getattr(message, "cli", message)
-    print(f"sadcl train: warning: {one_line(str(text))}", file=sys.stderr if file is None else file)
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Warnings shown as ``sadcl COMMAND: warning: ...``: one line in the command's words (a warning may carry
+    its flag-worded text in ``.cli``), no source location."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = getattr(message, "cli", message)
+        print(f"sadcl {command}: warning: {one_line(str(text))}", file=sys.stderr if file is None else file)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 @command(
@@ -357,8 +366,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in vars(args).items() if k != "command"}
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _warn_one_line
+        with _one_line_warnings("train"):
             summary = train(config_from_options(options), on_epoch=_print_epoch)
     except RunFinishedError as e:  # nothing to do is not a failure: a re-run (e.g. a requeued job) exits 0
         print(f"sadcl train: {e.cli}")
@@ -603,6 +611,12 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
         "eval.json and the files train and export write in step1/, step2/, export/)",
     )
     p.add_argument("--verify-images", action="store_true", help="decode every image first (minutes on COCO)")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="drop listed images that are missing (or unreadable, with --verify-images) instead of stopping; "
+        "they are counted in the data report (NUS-WIDE copies often lack dead Flickr links)",
+    )
     p.add_argument("--stop-after-epochs", type=int, metavar="N", help="end after N epochs; rerun to continue")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     o = p.add_argument_group("overrides (smaller GPUs, smoke tests): any of them makes it not the paper's recipe")
@@ -624,11 +638,6 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
 
 
-def _warn_reproduce(message, category, filename, lineno, file=None, line=None) -> None:
-    text = getattr(message, "cli", message)
-    print(f"sadcl reproduce: warning: {one_line(str(text))}", file=sys.stderr if file is None else file)
-
-
 @command(
     "reproduce",
     "reproduce a paper checkpoint: both training steps, evaluation next to the paper's numbers, export",
@@ -640,8 +649,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "dataset", "data_root")}
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _warn_reproduce
+        with _one_line_warnings("reproduce"):
             reproduce(
                 args.dataset, args.data_root, say=lambda line: print(line, flush=True), on_epoch=_print_epoch, **options
             )

@@ -302,3 +302,24 @@ def test_verify_images_finds_an_unreadable_image_before_any_work(tmp_path, capsy
     code, out, err = run_cli(capsys, *args, "--verify-images")
     assert code == 2 and err.count("\n") == 1 and "unreadable" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_skip_bad_drops_missing_images_and_is_part_of_the_plan(tmp_path, capsys):
+    """Copies of NUS-WIDE lack images (dead Flickr links): without --skip-bad one line names one; with it they are
+    dropped, counted, and the choice is recorded so that a rerun without it is refused (other data)."""
+    root = make_tree("nuswide", tmp_path / "data", n_train=N_TRAIN)
+    listed = (root / "ImageList" / "TrainImagelist.txt").read_text().split()[5].replace("\\", "/")
+    (root / "Flickr" / listed).unlink()
+    args = ["nuswide", "--data-root", root, "--output", tmp_path / "run", *TINY, "--epochs", "1"]
+    code, out, err = run_cli(capsys, *args, "--dry-run")
+    assert code == 2 and err.count("\n") == 1 and "--skip-bad" in err and Path(listed).name in err, err
+
+    full = check_layout("nuswide", root, skip_bad=True).splits["train"].images
+    plan = resolve_plan("nuswide", root, skip_bad=True, **{"model": "sadcl_tiny", "batch_size": 8})
+    assert plan.skip_bad and plan.counts["train"]["images"] == full and plan.compared()["skip_bad"] is True
+    code, out, err = run_cli(capsys, *args, "--skip-bad", "--stop-after-epochs", "1", "--no-pretrained-backbone")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["skip_bad"] is True
+    code, out, err = run_cli(capsys, *args, "--no-pretrained-backbone")  # the same run without --skip-bad
+    assert code == 2 and err.count("\n") == 1 and "--skip-bad" in err, err

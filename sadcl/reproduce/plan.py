@@ -63,6 +63,7 @@ class Plan:
     run: dict[str, Any] = field(default_factory=dict)  # num_workers, device: where and how fast, not what
     notes: list[str] = field(default_factory=list)
     layout: list[str] = field(default_factory=list)  # the layout check's report, as printed
+    skip_bad: bool = False  # listed images missing or unreadable are dropped (and counted), not an error
 
     def to_json(self) -> dict[str, Any]:
         """``plan.json``: the plan and, under ``compared``, what a rerun must keep."""
@@ -73,6 +74,7 @@ class Plan:
         sha256 (the data root, the run folder, workers and device may change)."""
         out: dict[str, Any] = {"dataset": self.dataset, "variant": self.variant}
         out["init sha256"] = None if self.init is None else self.init["sha256"]
+        out["skip_bad"] = self.skip_bad  # it decides which images are the data
         for step, settings in self.steps.items():
             out.update({f"{step}.{k}": v for k, v in settings.items() if k != "checkpoint"})
         for split, counts in self.counts.items():
@@ -168,13 +170,16 @@ def resolve_plan(
     output_dir: str | os.PathLike | None = None,
     init: str | os.PathLike | None = None,
     verify_images: bool = False,
+    skip_bad: bool = False,
     require_init: bool = True,
     **overrides: Any,
 ) -> Plan:
     """The plan of ``sadcl reproduce DATASET``: the data's layout checked (:func:`sadcl.data.layouts.check_layout`
     raises :class:`~sadcl.data.layouts.LayoutError` naming what is missing), the recipe of :mod:`.recipes` with
     ``overrides`` (``epochs``, ``batch_size``, ``model``, ``img_size``, ``amp``, ``pretrained_backbone``,
-    ``patience``; run settings ``num_workers``, ``device``) applied and recorded. Reads files, writes nothing.
+    ``patience``; run settings ``num_workers``, ``device``) applied and recorded. ``skip_bad`` drops listed
+    images that are missing (or, with ``verify_images``, unreadable) instead of refusing the data; the counts are
+    then those kept. Reads files, writes nothing.
     ``data_root=None`` plans with the official release's image counts (a dry run before downloading);
     ``require_init=False`` lets a VOC plan go without its COCO model (a dry run: it cannot train)."""
     from ..data.layouts import check_layout
@@ -217,7 +222,7 @@ def resolve_plan(
         counts = {split: {"images": n} for split, n in sizes.value.items()}
         layout = [f"no --data-root: the image counts of the official release ({sizes.source}); nothing checked"]
     else:
-        report = check_layout(dataset, data_root, verify_images=verify_images)
+        report = check_layout(dataset, data_root, verify_images=verify_images, skip_bad=skip_bad)
         counts = {
             split: {"images": r.images, "labels": r.labels, "positives": r.positives}
             for split, r in report.splits.items()
@@ -268,6 +273,7 @@ def resolve_plan(
         run={k: given[k] for k in RUN_SETTINGS if k in given},
         notes=notes,
         layout=layout,
+        skip_bad=skip_bad,
     )
 
 

@@ -77,7 +77,7 @@ def evaluate_run(plan: Plan, out: Path, *, say: Callable[[str], None]) -> tuple[
 
     weights = out / "step2" / "best.safetensors"
     model = create_model(weights)
-    dataset = load_split(plan.dataset, plan.data_root, "val", transform=create_transform(model))
+    dataset = load_split(plan.dataset, plan.data_root, "val", transform=create_transform(model), skip_bad=plan.skip_bad)
     s = plan.steps["step2"]
     metrics = evaluate_model(
         model,

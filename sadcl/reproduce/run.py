@@ -99,8 +99,8 @@ def _run_step(
 
     folder = out / step
     runtime: dict[str, Any] = dict(
-        data=DataSpec(path=plan.data_root, format=plan.dataset, split="train"),
-        val_data=DataSpec(path=plan.data_root, format=plan.dataset, split="val"),
+        data=DataSpec(path=plan.data_root, format=plan.dataset, split="train", skip_bad=plan.skip_bad),
+        val_data=DataSpec(path=plan.data_root, format=plan.dataset, split="val", skip_bad=plan.skip_bad),
         output_dir=os.fspath(folder),
         stop_after_epochs=budget,
         progress=progress,
@@ -137,6 +137,7 @@ def reproduce(
     dry_run: bool = False,
     overwrite: bool = False,
     verify_images: bool = False,
+    skip_bad: bool = False,
     stop_after_epochs: int | None = None,
     progress: bool | None = None,
     say: Callable[[str], None] = print,
@@ -148,7 +149,8 @@ def reproduce(
     validation split next to the paper's numbers (``eval.json``), an export (``export/``) and its ``weights.json``
     record; rerunning continues where an interrupted run stopped. ``overrides``: see :func:`.plan.resolve_plan`.
     ``dry_run`` only prints the plan and the GPU estimate (nothing written). ``stop_after_epochs`` ends this call
-    after that many epochs (rerun to continue). Messages go to ``say``, each epoch's record to ``on_epoch``.
+    after that many epochs (rerun to continue). ``skip_bad`` drops missing or unreadable listed images (counted in
+    the layout report) instead of refusing the data. Messages go to ``say``, each epoch's record to ``on_epoch``.
 
     Returns ``{"status": "dry-run" | "stopped" | "done", "plan": ..., "output_dir": ..., ...}`` (with ``eval``,
     ``record`` and ``push_command`` when done).
@@ -171,6 +173,7 @@ def reproduce(
         output_dir=output_dir,
         init=init,
         verify_images=verify_images,
+        skip_bad=skip_bad,
         require_init=not dry_run,
         **overrides,
     )
