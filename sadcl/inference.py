@@ -226,12 +226,12 @@ def iter_predict(
     of paths streams through in flat memory, at most ``max(workers + 2, 5)`` batches read ahead), one such
     item, or a preprocessed float tensor ``[B, 3, H, W]``. ``threshold``, ``top_k``: as for :func:`predict`.
 
-    ``workers``: processes decoding and resizing images while the model scores the batch before: ``None``
-    (default) decodes in this process when the input is at most 4 batches, else starts
-    :func:`sadcl.data.stream.default_workers` (on a CPU half the cores, at most 4; on a GPU all cores but one,
-    at most 16; none inside a daemonic process such as a DataLoader worker); ``0`` always decodes in this
-    process. The workers end when the iterator is exhausted, closed or released (``break``, exception,
-    Ctrl-C).
+    ``workers``: processes decoding and resizing images while the model scores the batch before. ``None``
+    (default): inputs of at most 4 batches are decoded in this process; longer ones on a GPU in all cores but
+    one (at most 16), on a CPU in the cores the model's threads leave free (at most 4) and, when the model uses
+    every core, in this process until decoding a batch takes longer than scoring it (large photos), then in
+    half the cores (:func:`sadcl.data.stream.default_workers`). ``0``: always in this process. The workers
+    end when the iterator is exhausted, closed or released (``break``, exception, Ctrl-C).
 
     An unreadable image raises :class:`~sadcl.data.images.ImageLoadError` naming it (in this process, one
     line), after the batches before its own were yielded; with ``skip_bad=True`` its prediction has

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -220,10 +221,35 @@ def test_nan_warned_once_per_stream(model, monkeypatch):
     assert all(math.isnan(s) for s in preds[2].scores.values())  # kept, not warned again
 
 
-@pytest.mark.parametrize(("cores", "cpu", "cuda"), [(1, 1, 1), (2, 1, 1), (8, 4, 7), (64, 4, 16)])
-def test_default_workers_by_device(monkeypatch, cores, cpu, cuda):
+@pytest.mark.parametrize(
+    ("cores", "threads", "cpu", "cuda"), [(1, 1, 0, 1), (2, 2, 0, 1), (2, 1, 1, 1), (8, 4, 4, 7), (64, 8, 4, 16)]
+)
+def test_default_workers_by_device(monkeypatch, cores, threads, cpu, cuda):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     assert (stream.default_workers("cpu"), stream.default_workers("cuda")) == (cpu, cuda)
+
+
+@pytest.mark.parametrize("decoding_dominates", [True, False])
+def test_in_place_decoding_hands_over_to_workers_when_it_is_the_bottleneck(folder, monkeypatch, decoding_dominates):
+    """A CPU whose cores all run the model (2 cores, 2 threads): decoded in place while the caller's work takes
+    longer than decoding; once decoding takes longer, worker processes take over (the order stays)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    decode = stream.decode
+
+    def slow(item, size, interpolation):
+        time.sleep(0.03 if decoding_dominates else 0)
+        return decode(item, size, interpolation)
+
+    monkeypatch.setattr(stream, "decode", slow)
+    before, seen, order = children(), [], []
+    for batch in stream.decoded_batches(folder[:10], (56, 56), batch_size=1):
+        seen.append(bool(children() - before))
+        order += batch.items
+        time.sleep(0 if decoding_dominates else 0.03)  # the caller's work (the model)
+    assert order == folder[:10] and children() == before
+    assert seen == ([False] * 4 + [True] * 6 if decoding_dominates else [False] * 10)
 
 
 def _in_a_daemon(conn, folder):

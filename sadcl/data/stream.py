@@ -4,7 +4,9 @@ Inference spends little on each image besides the network, but what it spends (o
 runs once per image in Python. :func:`decoded_batches` takes that work out of the scoring loop:
 
 * each batch is decoded by one worker process (``workers`` of them), while the main process scores the batch
-  before it; ``workers=0`` decodes in the calling process, one batch at a time;
+  before it; ``workers=0`` decodes in the calling process, one batch at a time. By default workers run on
+  the cores the model leaves free, and on a CPU whose cores all run the model only once decoding, not the
+  model, is what the stream waits for (:func:`default_workers`, :func:`decoded_batches`);
 * an image is resized to the model's size on the 8-bit PIL image, exactly as
   :func:`sadcl.create_transform` does, and delivered as ``uint8`` ``[B, H, W, 3]``: four times less to copy
   than float, and the float conversion and normalisation run once per batch (:func:`normalise`);
@@ -22,9 +24,10 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -45,6 +48,7 @@ MAX_ACCELERATOR_WORKERS = 16
 # (a fork of a process holding torch and a model, then its exit) costs tens of milliseconds, which a few
 # batches do not win back.
 IN_PLACE_BATCHES = 4
+ADAPT_AFTER_BATCHES = 3  # in-place batches timed before decoders may be started
 
 
 def load_item(item: ImageInput) -> Image.Image:
@@ -114,20 +118,31 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def default_workers(device: str = "cpu") -> int:
-    """Decoding processes when ``workers=None`` and the input is more than one batch.
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    On a CPU the model's threads run on the same cores as the decoders: half the usable cores, at least 1, at
-    most 4. On an accelerator (``device`` ``"cuda"``, ...) the cores only decode: all but one (the main
-    process's), at least 1, at most 16. In a daemonic process (a DataLoader worker), which cannot start
-    processes: 0.
+
+def default_workers(device: str = "cpu") -> int:
+    """Decoding processes started at once when ``workers=None`` and the input is more than
+    ``IN_PLACE_BATCHES`` batches.
+
+    On an accelerator (``device`` ``"cuda"``, ...) the cores only decode: all but one (the main process's), at
+    most 16. On a CPU, the cores the model's threads (``torch.get_num_threads()``) leave free, at most 4: a
+    decoder on a core the model uses slows the model down more than it saves (benchmarks/bench_predict_folder.py:
+    on 2 cores the default model scored 0.86-0.93 of its tensor-only rate decoding in place, 0.82 with one
+    worker, 0.68 with two). 0 (decode in place, see :func:`decoded_batches`) when none is free or in a
+    daemonic process (a DataLoader worker), which cannot start processes.
     """
     if mp.current_process().daemon:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if device == "cpu":
-        return max(1, min(MAX_DEFAULT_WORKERS, cores // 2))
-    return max(1, min(MAX_ACCELERATOR_WORKERS, cores - 1))
+    if device != "cpu":
+        return max(1, min(MAX_ACCELERATOR_WORKERS, _cores() - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, _cores() - torch.get_num_threads()))
+
+
+def _workers_when_decoding_dominates() -> int:
+    """Decoders once decoding in place takes longer than scoring: half the cores (at least 1, at most 4)."""
+    return max(1, min(MAX_DEFAULT_WORKERS, _cores() // 2))
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -188,7 +203,9 @@ def decoded_batches(
 
     ``workers``: decoding processes; 0: in this process, one batch at a time; ``None``: in this process when
     the input is at most ``IN_PLACE_BATCHES`` batches, else :func:`default_workers` for ``device`` (the type
-    of the device the batches are for: ``"cpu"``, ``"cuda"``, ...).
+    of the device the batches are for: ``"cpu"``, ``"cuda"``, ...); when that is 0 (a CPU whose cores all run
+    the model), in this process until decoding a batch takes longer than the caller's work on one, then in
+    half the cores (large photos: decoding a 3 MP JPEG costs twenty times the default model's forward).
     ``prefetch``: batches decoded or being decoded ahead of the one the caller holds (default ``workers + 1``:
     each worker has one queued); at most ``prefetch + 1`` batches of the input (``IN_PLACE_BATCHES + 1`` when
     ``workers`` is ``None`` and that is more) are read ahead. When reading the
@@ -205,14 +222,44 @@ def decoded_batches(
             "processes; use workers=0"
         )
     chunks = _chunks(images, batch_size)
+    adaptive = False
     if workers is None:
         head = list(islice(chunks, IN_PLACE_BATCHES + 1))
-        workers = default_workers(device) if len(head) > IN_PLACE_BATCHES else 0
         chunks = chain(head, chunks)
+        workers = default_workers(device) if len(head) > IN_PLACE_BATCHES else 0
+        adaptive = workers == 0 and len(head) > IN_PLACE_BATCHES and not mp.current_process().daemon
     if workers == 0:
-        for items in chunks:
-            yield _as_batch(items, _decode_chunk(items, size, interpolation))
-        return
+        if not (yield from _in_place(chunks, size, interpolation, adaptive)):
+            return
+        workers = _workers_when_decoding_dominates()
+    yield from _in_workers(chunks, size, interpolation, workers, prefetch)
+
+
+def _in_place(
+    chunks: Iterator[list], size: tuple[int, int], interpolation: str, adaptive: bool
+) -> Generator[DecodedBatch, None, bool]:
+    """Decode each batch when it is asked for. With ``adaptive``, stop (return True: go on in workers) once
+    decoding has taken longer than the caller's work between batches (the model's): then the model waits
+    for the decoder, and decoders on the other cores win more than they take from it. The first batch is not
+    counted (the model's first forward warms up)."""
+    decoding = scoring = 0.0
+    for n, items in enumerate(chunks):
+        t0 = time.perf_counter()
+        batch = _as_batch(items, _decode_chunk(items, size, interpolation))
+        t1 = time.perf_counter()
+        yield batch
+        if n >= 1:
+            decoding += t1 - t0
+            scoring += time.perf_counter() - t1
+            if adaptive and n >= ADAPT_AFTER_BATCHES and decoding > scoring:
+                return True
+    return False
+
+
+def _in_workers(
+    chunks: Iterator[list], size: tuple[int, int], interpolation: str, workers: int, prefetch: int | None
+) -> Iterator[DecodedBatch]:
+    """Decode the batches in ``workers`` processes, at most ``prefetch`` ahead, delivered in order."""
     ahead = workers + 1 if prefetch is None else max(1, prefetch)
     pool = _pool(workers)
     pending: deque[tuple[list, Future]] = deque()
