@@ -230,8 +230,9 @@ def iter_predict(
     (default): inputs of at most 4 batches are decoded in this process; longer ones on a GPU in all cores but
     one (at most 16), on a CPU in the cores the model's threads leave free (at most 4) and, when the model uses
     every core, in this process until decoding a batch takes longer than scoring it (large photos), then in
-    half the cores (:func:`sadcl.data.stream.default_workers`). ``0``: always in this process. The workers
-    end when the iterator is exhausted, closed or released (``break``, exception, Ctrl-C).
+    half the cores, the model's threads reduced to the others until the iterator ends
+    (:func:`sadcl.data.stream.decoded_batches`). ``0``: always in this process. The workers end when the
+    iterator is exhausted, closed or released (``break``, exception, Ctrl-C).
 
     An unreadable image raises :class:`~sadcl.data.images.ImageLoadError` naming it (in this process, one
     line), after the batches before its own were yielded; with ``skip_bad=True`` its prediction has

@@ -233,9 +233,12 @@ def test_default_workers_by_device(monkeypatch, cores, threads, cpu, cuda):
 @pytest.mark.parametrize("decoding_dominates", [True, False])
 def test_in_place_decoding_hands_over_to_workers_when_it_is_the_bottleneck(folder, monkeypatch, decoding_dominates):
     """A CPU whose cores all run the model (2 cores, 2 threads): decoded in place while the caller's work takes
-    longer than decoding; once decoding takes longer, worker processes take over (the order stays)."""
+    longer than decoding; once decoding takes longer, a worker process takes over (the order stays) and the
+    model's threads leave it a core."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    threads = [2]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
     decode = stream.decode
 
     def slow(item, size, interpolation):
@@ -245,11 +248,13 @@ def test_in_place_decoding_hands_over_to_workers_when_it_is_the_bottleneck(folde
     monkeypatch.setattr(stream, "decode", slow)
     before, seen, order = children(), [], []
     for batch in stream.decoded_batches(folder[:10], (56, 56), batch_size=1):
-        seen.append(bool(children() - before))
+        seen.append((bool(children() - before), threads[-1]))
         order += batch.items
         time.sleep(0 if decoding_dominates else 0.03)  # the caller's work (the model)
     assert order == folder[:10] and children() == before
-    assert seen == ([False] * 4 + [True] * 6 if decoding_dominates else [False] * 10)
+    # with workers, the model's threads leave them a core; restored at the end
+    assert seen == ([(False, 2)] * 4 + [(True, 1)] * 6 if decoding_dominates else [(False, 2)] * 10)
+    assert threads[-1] == 2
 
 
 def _in_a_daemon(conn, folder):
