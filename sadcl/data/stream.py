@@ -209,9 +209,9 @@ def decoded_batches(
     the model's threads (``torch.set_num_threads``) reduced to the rest until the stream ends.
     ``prefetch``: batches decoded or being decoded ahead of the one the caller holds (default ``workers + 1``:
     each worker has one queued); at most ``prefetch + 1`` batches of the input (``IN_PLACE_BATCHES + 1`` when
-    ``workers`` is ``None`` and that is more) are read ahead. When reading the
-    input fails, the batches before the failure are delivered first. Close the generator (or let it finish)
-    to end the workers; a ``break`` or an exception in a ``for`` loop over it does so when it is released.
+    ``workers`` is ``None`` and that is more) are read ahead. When reading the input fails, the batches
+    before the failure are delivered first. Close the generator (or let it finish) to end the workers; a
+    ``break`` or an exception in a ``for`` loop over it does so when it is released.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
