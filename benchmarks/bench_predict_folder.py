@@ -211,7 +211,7 @@ def rss_child(folder: str, counts: list[int], batch_size: int, threads: int, out
         return islice(cycle(files), max(counts))
 
     hwm: dict[str, float] = {}
-    worker_peak = 0
+    worker_peak = workers_seen = 0
     done = 0
     with open(out_file, "w", encoding="utf-8") as f:
         for batch in iter_predict(model, paths(), batch_size=batch_size):
@@ -219,11 +219,18 @@ def rss_child(folder: str, counts: list[int], batch_size: int, threads: int, out
                 f.write(json.dumps({"image": p.image, "scores": p.scores}) + "\n")
             done += len(batch)
             if done % (batch_size * 20) == 0 or any(c <= done < c + batch_size for c in counts):
-                worker_peak = max([worker_peak, *(_status_kib(k, "VmHWM") or 0 for k in _children())])
+                kids = _children()
+                workers_seen = max(workers_seen, len(kids))
+                worker_peak = max([worker_peak, *(_status_kib(k, "VmHWM") or 0 for k in kids)])
             for c in counts:
                 if c <= done < c + batch_size and str(c) not in hwm:
                     hwm[str(c)] = _status_kib("self", "VmHWM") / 1024
-    return {"main_vmhwm_mb_at": hwm, "worker_vmhwm_mb_max": worker_peak / 1024, "images": done}
+    return {
+        "main_vmhwm_mb_at": hwm,
+        "workers_seen": workers_seen,  # 0: decoded in place (the default policy on a CPU the model fills)
+        "worker_vmhwm_mb_max": worker_peak / 1024,
+        "images": done,
+    }
 
 
 def time_rss(folder: Path, counts: list[int], batch_size: int, threads: int, tmp: Path) -> dict[str, Any]:
