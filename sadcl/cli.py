@@ -132,8 +132,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=_whole_number(0),
-        help="processes decoding images while the model scores (default: on CPU half the cores, at most 4; on a GPU "
-        "all but one, at most 16; shared by the processes of a node under torchrun; 0: none)",
+        help="processes decoding images while the model scores (default: on a GPU all cores but one, at most 16; on "
+        "a CPU the cores the model's threads leave free, at most 4, else decoding in place until it takes longer "
+        "than scoring; shared by the processes of a node under torchrun; 0: always in place)",
     )
     p.add_argument(
         "--output",

@@ -111,3 +111,5 @@ def test_under_torchrun_the_processes_of_a_node_share_the_default_workers(monkey
     assert _workers(JobOptions(images=[]), four, "cuda:1") == 3
     assert _workers(JobOptions(images=[], workers=6), four, None) == 6  # --workers as given
     assert _workers(JobOptions(images=[]), shard.Group(), None) is None  # one process: iter_predict's default
+    monkeypatch.setattr(stream, "default_workers", lambda device: 0)  # the model's threads take every core
+    assert _workers(JobOptions(images=[]), four, None) is None  # not a forced worker: iter_predict adapts

@@ -75,12 +75,13 @@ def _device(o: JobOptions, group: shard.Group) -> str | None:
 
 def _workers(o: JobOptions, group: shard.Group, device: str | None) -> int | None:
     """``--workers``; by default :func:`sadcl.iter_predict`'s choice, but under torchrun each process takes its
-    share of it (the processes of a node share its cores)."""
+    share of it (the processes of a node share its cores); a share of none leaves the choice to
+    :func:`sadcl.iter_predict` (decode in place, hand over to workers only when decoding dominates)."""
     if o.workers is not None or group.local_world == 1:
         return o.workers
     from ..data.stream import default_workers
 
-    return max(1, default_workers(device or "cpu") // group.local_world)
+    return default_workers(device or "cpu") // group.local_world or None
 
 
 def _kept(scores: dict[str, float], threshold: float | None, top_k: int | None) -> dict[str, float]:
