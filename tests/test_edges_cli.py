@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clicheck import one_error_line, save_model
 from PIL import Image
 
 import sadcl
@@ -25,8 +26,6 @@ from sadcl.inference import ImageSkippedWarning, NonFiniteScoreWarning
 from sadcl.model import SADCL
 from sadcl.model.sadcl import resolve_labels
 from sadcl.tagging.paths import iter_images
-from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-from sadcl.zoo.safetensors_io import save_safetensors
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -42,29 +41,13 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
     return out
 
 
-def one_error_line(err: str, command: str, *needles: str) -> str:
-    """Assert ``err`` is exactly one ``sadcl CMD: error: …`` line holding ``needles``; return it."""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"sadcl {command}: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], err
-    return lines[0]
-
-
-def _save(model: SADCL, path: Path) -> Path:
-    save_safetensors(export_state_dict(model), path, checkpoint_metadata(model))
-    return path
-
-
 @pytest.fixture
 def tiny(tmp_path):
     """``sadcl_tiny`` (64 px) with random weights, saved as a checkpoint in ``tmp_path/ckpt``."""
     torch.manual_seed(0)
     model = sadcl.create_model("sadcl_tiny").eval()
     (tmp_path / "ckpt").mkdir()
-    return model, _save(model, tmp_path / "ckpt" / "tiny.safetensors")
+    return model, save_model(model, tmp_path / "ckpt" / "tiny.safetensors")
 
 
 @pytest.fixture
@@ -503,7 +486,7 @@ def test_predict_prints_hostile_label_names_escaped_and_json_exact(tmp_path, ima
     torch.manual_seed(0)
     names = HOSTILE + [f"pad{i}" for i in range(20 - len(HOSTILE))]
     model = sadcl.create_model("sadcl_tiny", label_names=names)
-    ckpt = _save(model, tmp_path / "hostile.safetensors")
+    ckpt = save_model(model, tmp_path / "hostile.safetensors")
     image = str(images / "a.png")
     assert main(["predict", "--checkpoint", str(ckpt), image]) == 0
     out = capsys.readouterr().out

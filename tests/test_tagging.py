@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clicheck import one_error_line, save_model
 from PIL import Image
 
 import sadcl
@@ -22,8 +23,6 @@ from sadcl.cli import main
 from sadcl.model import SADCL
 from sadcl.tagging import output, shard
 from sadcl.tagging.paths import check_folders, iter_images
-from sadcl.zoo.loading import checkpoint_metadata, export_state_dict
-from sadcl.zoo.safetensors_io import save_safetensors
 
 # Names a CSV must quote (comma, quote, newline, carriage return) and a leading '=': written exactly, read back.
 NAMES = ["a.png", 'b,"comma".png', "c.jpg", "d\nnew line.png", "e\rcr.png", "f.png", "=g.png"]
@@ -34,25 +33,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def one_error_line(err: str, *needles: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sadcl predict: error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], err
-    return lines[0]
-
-
-def _save(model: SADCL, path: Path) -> Path:
-    save_safetensors(export_state_dict(model), path, checkpoint_metadata(model))
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """``sadcl_tiny`` (64 px) with random weights, and its checkpoint."""
     torch.manual_seed(0)
     model = sadcl.create_model("sadcl_tiny").eval()
-    return model, _save(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+    return model, save_model(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +199,7 @@ def test_a_torn_last_record_is_cut_and_scored_again(tiny, images, tmp_path, caps
 
 def test_resume_refuses_another_models_labels_and_changed_inputs(tiny, images, tmp_path, capsys):
     torch.manual_seed(1)
-    other = _save(
+    other = save_model(
         sadcl.create_model("sadcl_tiny", label_names=[f"x{i}" for i in range(20)]), tmp_path / "o.safetensors"
     )
     for suffix, needle in ((".csv", "label column 1 is 'x0'"), (".jsonl", "has the label 'x")):
@@ -222,7 +208,7 @@ def test_resume_refuses_another_models_labels_and_changed_inputs(tiny, images, t
         before = snapshot(tmp_path)
         capsys.readouterr()
         assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images)) == 2
-        one_error_line(capsys.readouterr().err, f"--output {out} was written for other labels", needle)
+        one_error_line(capsys.readouterr().err, "predict", f"--output {out} was written for other labels", needle)
         assert snapshot(tmp_path) == before
     # The same model on other inputs: record 1 is not input 1 any more.
     out = tmp_path / "mine.jsonl"
@@ -230,7 +216,7 @@ def test_resume_refuses_another_models_labels_and_changed_inputs(tiny, images, t
     before = snapshot(tmp_path)
     capsys.readouterr()
     assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images / "c.jpg")) == 2
-    one_error_line(capsys.readouterr().err, "record 1 of --output", "a.png", "c.jpg", "inputs changed")
+    one_error_line(capsys.readouterr().err, "predict", "record 1 of --output", "a.png", "c.jpg", "inputs changed")
     assert snapshot(tmp_path) == before
 
 
@@ -248,7 +234,7 @@ def test_resume_refuses_a_file_it_did_not_write(tiny, images, tmp_path, capsys, 
     out = tmp_path / ("tags.csv" if content.startswith(b"image") else "tags.jsonl")
     out.write_bytes(content)
     assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images)) == 2
-    one_error_line(capsys.readouterr().err, f"--output {out}", needle)
+    one_error_line(capsys.readouterr().err, "predict", f"--output {out}", needle)
     assert out.read_bytes() == content
 
 
@@ -257,7 +243,7 @@ def test_resume_reads_a_bounded_line(tiny, images, tmp_path, capsys, monkeypatch
     out = tmp_path / "t.jsonl"
     out.write_bytes(b"[" * 1000)  # no newline: would otherwise be read whole
     assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images)) == 2
-    one_error_line(capsys.readouterr().err, f"--output {out} has a line longer than")
+    one_error_line(capsys.readouterr().err, "predict", f"--output {out} has a line longer than")
     assert out.read_bytes() == b"[" * 1000
 
 
@@ -273,7 +259,7 @@ def test_a_file_another_job_is_writing_is_refused(tiny, images, tmp_path, capsys
         fcntl.flock(other_job, fcntl.LOCK_EX)
         for flag in ("--resume", "--overwrite"):
             assert predict_cli(tiny, images, "--output", str(out), flag, str(images)) == 2
-            one_error_line(capsys.readouterr().err, f"--output {out} is being written by another job")
+            one_error_line(capsys.readouterr().err, "predict", f"--output {out} is being written by another job")
             assert snapshot(tmp_path) == before
     assert predict_cli(tiny, images, "--output", str(out), "--resume", str(images)) == 0  # the lock is gone
 
@@ -284,12 +270,12 @@ def test_an_existing_output_is_refused_unless_resume_or_overwrite(tiny, images, 
     out.write_text("precious\n")
     before = snapshot(tmp_path)
     assert predict_cli(tiny, images, "--output", str(out), str(images)) == 2
-    one_error_line(capsys.readouterr().err, f"--output {out} exists", "--resume", "--overwrite")
+    one_error_line(capsys.readouterr().err, "predict", f"--output {out} exists", "--resume", "--overwrite")
     assert snapshot(tmp_path) == before
     # --overwrite, but the first batch fails: the old file is still there (it is replaced by the first result).
     (tmp_path / "bad.png").write_bytes(b"broken")
     assert predict_cli(tiny, images, "--output", str(out), "--overwrite", str(tmp_path / "bad.png")) == 2
-    one_error_line(capsys.readouterr().err, "bad.png")
+    one_error_line(capsys.readouterr().err, "predict", "bad.png")
     assert out.read_text() == "precious\n"
     assert predict_cli(tiny, images, "--output", str(out), "--overwrite", str(images)) == 0
     assert len(read_jsonl(out)) == len(NAMES)
@@ -311,7 +297,7 @@ def test_bad_output_options_are_one_line_and_write_nothing(tiny, images, tmp_pat
     before = snapshot(tmp_path)
     args = [a.replace("OUT", str(tmp_path)) for a in args]
     assert predict_cli(tiny, images, *args, str(images)) == 2
-    one_error_line(capsys.readouterr().err, *needles)
+    one_error_line(capsys.readouterr().err, "predict", *needles)
     assert snapshot(tmp_path) == before
 
 
@@ -320,7 +306,9 @@ def test_workers_is_checked_at_the_door(tmp_path, capsys, value):
     with pytest.raises(SystemExit) as stop:
         main(["predict", "--workers", value, str(tmp_path / "x.png")])
     assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, f"argument --workers: must be a whole number >= 0, got {value!r}")
+    one_error_line(
+        capsys.readouterr().err, "predict", f"argument --workers: must be a whole number >= 0, got {value!r}"
+    )
 
 
 def test_resume_and_overwrite_exclude_each_other(tiny, images, tmp_path, capsys):
