@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
@@ -180,12 +181,15 @@ def _check_filters(threshold: float | None, top_k: int | None) -> None:
 
 def _ranked(names: list[str], row: list[float], threshold: float | None, top_k: int | None) -> dict[str, float]:
     # NaN last: `-s` alone compares NaN as neither smaller nor larger and would scramble the order.
-    ranked = sorted(zip(names, row), key=lambda t: (t[1] != t[1], -t[1]))
+    return selected(sorted(zip(names, row), key=lambda t: (t[1] != t[1], -t[1])), threshold, top_k)
+
+
+def selected(ranked: Iterable[tuple[str, float]], threshold: float | None, top_k: int | None) -> dict[str, float]:
+    """The labels ``threshold`` and ``top_k`` keep of ``(label, score)`` pairs ranked best first (NaN is never
+    above a threshold)."""
     if threshold is not None:
         ranked = [(n, s) for n, s in ranked if s > threshold]
-    if top_k is not None:
-        ranked = ranked[:top_k]
-    return dict(ranked)
+    return dict(islice(ranked, top_k))
 
 
 def _predictions(
@@ -356,12 +360,19 @@ def predict(
     return results
 
 
+def non_finite_message(shown: Sequence[str], count: int, total: int, where: str = "") -> str:
+    """The report of NaN scores: ``count`` of ``total`` images, the first of them (``shown``) named."""
+    more = f" and {count - len(shown)} more" if count > len(shown) else ""
+    return (
+        f"NaN scores for {count} of {total} images {where}({', '.join(shown)}{more}): the model's weights or its "
+        "preprocessing (mean/std) are broken"
+    )
+
+
 def _warn_non_finite(bad: list[str], total: int, where: str = "", shown: int = 5) -> None:
     """One :class:`NonFiniteScoreWarning` naming the images with a non-finite score."""
-    listed = ", ".join(bad[:shown]) + (f" and {len(bad) - shown} more" if len(bad) > shown else "")
     warnings.warn(
-        f"NaN scores for {len(bad)} of {total} images {where}({listed}): the model's weights or its "
-        "preprocessing (mean/std) are broken",
+        non_finite_message(bad[:shown], len(bad), total, where),
         NonFiniteScoreWarning,
         stacklevel=3,  # the caller of predict, or the loop over iter_predict
     )

@@ -84,15 +84,6 @@ def _workers(o: JobOptions, group: shard.Group, device: str | None) -> int | Non
     return default_workers(device or "cpu") // group.local_world or None
 
 
-def _kept(scores: dict[str, float], threshold: float | None, top_k: int | None) -> dict[str, float]:
-    """The labels ``--threshold``/``--top-k`` keep of ``scores`` (ranked best first, NaN last, as
-    :func:`sadcl.iter_predict` gives them): the same selection as ``iter_predict(threshold=, top_k=)``."""
-    items = scores.items()
-    if threshold is not None:
-        items = [(n, s) for n, s in items if s > threshold]  # NaN is never above
-    return dict(islice(items, top_k))
-
-
 def _image_name(item: object) -> str:
     """How records name an input: a path as given or walked; a URL without its ``user:password@`` (an output
     file is shared more readily than a command line)."""
@@ -103,13 +94,17 @@ def _image_name(item: object) -> str:
 
 
 def _records(predictions: Iterable[list], o: JobOptions) -> Iterator[Record]:
+    """Records of every prediction: all scores are asked of :func:`sadcl.iter_predict` (so that a NaN that
+    ``--top-k`` would hide is still reported), ``--threshold``/``--top-k`` applied here, as it would."""
+    from ..inference import selected
+
     for batch in predictions:
         for p in batch:
             if p.error is not None:
                 yield Record(_image_name(p.image), None, p.error)
             else:
                 nan = any(math.isnan(s) for s in p.scores.values())
-                yield Record(_image_name(p.image), _kept(p.scores, o.threshold, o.top_k), None, nan)
+                yield Record(_image_name(p.image), selected(p.scores.items(), o.threshold, o.top_k), None, nan)
 
 
 class _Count(threading.Thread):
@@ -213,11 +208,9 @@ class _Report:
             self.say(self.stdout.close(), sys.stdout)
         scored = self.new - self.skipped
         if self.nan:
-            more = f" and {self.nan - SHOWN} more" if self.nan > SHOWN else ""
-            self.say(
-                f"sadcl predict: warning: NaN scores for {self.nan} of {scored} images ({', '.join(self.nan_names)}"
-                f"{more}): the model's weights or its preprocessing (mean/std) are broken\n"
-            )
+            from ..inference import non_finite_message
+
+            self.say(f"sadcl predict: warning: {non_finite_message(self.nan_names, self.nan, scored)}\n")
         if self.o.output is not None:
             path = printable(self.o.output)
             total = self.done_before + self.new
