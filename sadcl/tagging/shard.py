@@ -8,16 +8,18 @@ of one process. A failure on any rank is gathered the same way, so every process
 rank 0 reports it (no process waits forever for a peer that is gone).
 
 The process group is joined here rather than through ``sadcl.train.distributed`` (the tagging job does not
-depend on the training package); like it, it reads torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``.
+depend on the training package); like it, it reads torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
+through ``sadcl._torchrun``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypeVar
+
+from .._torchrun import env_int
 
 T = TypeVar("T")
 
@@ -43,22 +45,14 @@ class Group:
         return self.rank == 0
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    try:
-        return int(value) if value else default
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not a whole number (torchrun sets it)") from None
-
-
 def join() -> Group:
     """The process group torchrun describes (gloo: only Python objects travel), or one process alone."""
-    world = _env_int("WORLD_SIZE", 1)
+    world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return Group()
     import torch.distributed as dist
 
-    rank, local_rank, local_world = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", world)
+    rank, local_rank, local_world = env_int("RANK", 0), env_int("LOCAL_RANK", 0), env_int("LOCAL_WORLD_SIZE", world)
     if dist.is_initialized():
         return Group(dist.get_rank(), dist.get_world_size(), local_rank, local_world)
     dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world)

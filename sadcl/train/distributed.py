@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
+
+from .._torchrun import env_int
 
 __all__ = [
     "DistInfo",
@@ -59,16 +60,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
-
-
 def init_distributed(device_type: str = "cpu", init_method: str | None = None) -> DistInfo:
     """Join the process group described by the environment (torchrun), or run as one process.
 
@@ -77,13 +68,13 @@ def init_distributed(device_type: str = "cpu", init_method: str | None = None) -
     devices and gloo otherwise.
     """
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), owns_group=False)
-    world = _env_int("WORLD_SIZE", 1)
+        return DistInfo(dist.get_rank(), dist.get_world_size(), env_int("LOCAL_RANK", 0), owns_group=False)
+    world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistInfo()
     if not dist.is_available():
         raise RuntimeError(f"WORLD_SIZE={world} but this PyTorch build has no torch.distributed support")
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    rank, local_rank = env_int("RANK", 0), env_int("LOCAL_RANK", 0)
     backend = "nccl" if device_type == "cuda" and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
