@@ -18,7 +18,10 @@ from PIL import Image, ImageOps
 
 from .._files import not_regular_reason, open_regular
 
-__all__ = ["ImageLoadError", "load_image", "to_rgb", "check_image"]
+__all__ = ["IMAGE_SUFFIXES", "ImageLoadError", "load_image", "to_rgb", "check_image"]
+
+# File names taken for images where a folder is read (a prediction job, a dataset's unlisted files).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 PathOrImage = str | os.PathLike | Image.Image
 

@@ -34,12 +34,12 @@ from PIL import Image
 from .._files import not_regular_reason, open_regular
 from .._text import printable
 from .datasets import MultiLabelDataset, missing_files
+from .images import IMAGE_SUFFIXES
 from .layout_files import LAYOUTS, SPLITS, Layout, LayoutError, Listing, layout_for
 
 __all__ = ["LAYOUTS", "SPLITS", "LayoutError", "LayoutReport", "SplitReport", "check_layout", "load_split"]
 
 MISSING_LIMIT = 0.5  # with skip_bad: more than this share of a split missing means the wrong folder
-_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
 @dataclass
@@ -147,7 +147,7 @@ def _unlisted(listings: Mapping[str, Listing]) -> dict[str, int]:
             1
             for top, _, files in os.walk(folder)
             for f in files
-            if os.path.splitext(f)[1].lower() in _IMAGE_SUFFIXES and os.path.join(top, f) not in listed
+            if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES and os.path.join(top, f) not in listed
         )
     return {split: counts[str(li.image_dir)] for split, li in listings.items()}
 

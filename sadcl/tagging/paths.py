@@ -12,10 +12,9 @@ import os
 from collections.abc import Iterable, Iterator
 
 from .._files import not_regular_reason
+from ..data.images import IMAGE_SUFFIXES
 
 __all__ = ["IMAGE_SUFFIXES", "iter_images", "check_folders"]
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
 def _is_url(item: str) -> bool:
