@@ -98,6 +98,24 @@ def test_load_image_exif_orientation(tmp_path):
     assert arr[0, 1].tolist() == [255, 0, 0] and arr[:, :, 0].sum() == 255  # the red corner is now top-right
 
 
+def test_load_image_orientation_one_and_later_file_changes(tmp_path):
+    """An upright image (tag 1 or none) comes back as decoded, and its pixels no longer depend on the file."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    Image.fromarray(arr).save(tmp_path / "one.png", exif=exif)
+    Image.fromarray(arr).save(tmp_path / "none.bmp")  # uncompressed
+    exif[0x0112] = 3  # rotate 180, in a JPEG's APP1 segment
+    Image.fromarray(arr).save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    for name in ("one.png", "none.bmp"):
+        out = load_image(tmp_path / name)
+        (tmp_path / name).write_bytes(b"")  # truncated after loading: the pixels must not change with it
+        assert np.array_equal(np.asarray(out), arr), name
+    plain = np.asarray(Image.open(tmp_path / "rot.jpg").convert("RGB"))
+    assert np.array_equal(np.asarray(load_image(tmp_path / "rot.jpg")), plain[::-1, ::-1])
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(ImageLoadError, match="missing.jpg.*not found"):
         load_image(tmp_path / "missing.jpg")

@@ -27,6 +27,7 @@ PathOrImage = str | os.PathLike | Image.Image
 
 # Pillow modes holding one 16-bit (or wider integer) channel: PNG/TIFF 16-bit grayscale.
 _INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_EXIF_ORIENTATION = 0x0112  # the EXIF tag (ExifTags.Base.Orientation, which Pillow < 9.3 lacks)
 
 
 class ImageLoadError(OSError):
@@ -82,8 +83,14 @@ def to_rgb(img: Image.Image, name: str = "<image>") -> Image.Image:
 
 
 def _upright(img: Image.Image, name: str) -> Image.Image:
-    """Apply the EXIF orientation tag so the pixels are upright, as a viewer would show them."""
+    """Apply the EXIF orientation tag so the pixels are upright, as a viewer would show them.
+
+    An image already upright (no tag, or orientation 1: nearly every file) is returned as it is: Pillow's
+    ``exif_transpose`` would return a copy of it, a full copy of the pixels per image for nothing.
+    """
     try:
+        if img.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+            return img
         return ImageOps.exif_transpose(img)
     except Exception as exc:  # a malformed EXIF block must not make an otherwise fine image unusable
         warnings.warn(f"ignoring unreadable EXIF orientation of {name}: {exc}", stacklevel=3)
@@ -128,7 +135,10 @@ def load_image(image: PathOrImage) -> Image.Image:
                 opened.load()  # decode now: truncation and corruption surface here, not later in a worker
                 img = _upright(opened, str(path))
                 rgb = to_rgb(img, str(path))
-                if rgb is opened:  # detach from the file handle closed by the with-block
+                if rgb is opened and getattr(opened, "map", None) is not None:
+                    # pixels read through a memory map of the file (uncompressed formats): copied, so that a
+                    # file changed or truncated later cannot change them (or fault on access). Decoded pixels
+                    # are already in memory: closing the file does not touch them.
                     rgb = rgb.copy()
     except ImageLoadError:
         raise
