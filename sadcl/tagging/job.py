@@ -15,7 +15,7 @@ from itertools import islice
 
 from .._files import not_regular_reason
 from .._text import one_line, printable
-from . import shard
+from . import record, shard
 from .output import ExistingOutput, Record, StdoutJson, StdoutText, Writer, output_file
 from .paths import check_folders, iter_images
 
@@ -61,6 +61,8 @@ def _check_output(o: JobOptions) -> None:
         raise FileExistsError(
             f"--output {o.output} exists: pass --resume to continue the job that wrote it, or --overwrite to replace it"
         )
+    if reason is not None or o.overwrite:  # a new file: its settings record will be written beside it
+        record.check_replaceable(o.output, o.overwrite)
 
 
 def _device(o: JobOptions, group: shard.Group) -> str | None:
@@ -130,13 +132,24 @@ class _Report:
     """Rank 0's side of the job: the output, the progress bar, the messages and the exit code."""
 
     def __init__(
-        self, o: JobOptions, labels: list[str], done: int, existing: ExistingOutput | None, drop: int = 0
+        self,
+        o: JobOptions,
+        labels: list[str],
+        done: int,
+        existing: ExistingOutput | None,
+        drop: int = 0,
+        settings: dict | None = None,
     ) -> None:
+        """``settings``: the job's settings record, written beside a new ``--output`` before its first record."""
         self.o, self.done_before, self.new, self.skipped, self.nan, self.nan_names = o, done, 0, 0, 0, []
         self.drop = drop  # records at the start that the file already holds (see _run)
         self.writer = None
         if o.output is not None:
-            self.writer = Writer(output_file(o.output, labels), existing=existing, overwrite=o.overwrite)
+            output = o.output
+            on_start = None if settings is None else lambda: record.write(output, settings)
+            self.writer = Writer(
+                output_file(o.output, labels), existing=existing, overwrite=o.overwrite, on_start=on_start
+            )
         self.stdout = None if o.output is not None else StdoutJson() if o.json else StdoutText()
         self.bar, self.count = None, None
         if o.progress and sys.stderr.isatty() and not (o.json and o.output is None):
@@ -223,17 +236,37 @@ class _Report:
         return 1 if self.skipped or self.nan else 0
 
 
-def _resume(o: JobOptions, labels: list[str], inputs: Iterator[str]) -> tuple[int, ExistingOutput | None]:
-    """Rank 0: check the records of the ``--output`` being resumed against the inputs, consuming one input per
-    record; cut a torn last record. Returns the number of records and the file (None: no file yet)."""
+def _resume(
+    o: JobOptions, labels: list[str], settings: dict | None, inputs: Iterator[str]
+) -> tuple[int, ExistingOutput | None]:
+    """Rank 0: check the settings record of the ``--output`` being resumed against ``settings`` (the job's now),
+    then its records against the inputs, consuming one input per record; cut a torn last record. Returns the
+    number of records and the file (None: no file yet)."""
     if o.output is None or not o.resume or not os.path.exists(o.output):
         return 0, None
+    try:
+        recorded = record.read(o.output)
+    except record.NotOurs as e:
+        raise ValueError(f"--resume: {e}; start over with --overwrite") from None
+    if recorded is not None and settings is not None:
+        record.compare(o.output, recorded, settings)  # before the records are read: a refusal costs nothing
     existing = ExistingOutput(output_file(o.output, labels))
     try:
-        return _check_records(o, existing, inputs)
+        done, existing = _check_records(o, existing, inputs)
     except BaseException:
         existing.close()
         raise
+    if recorded is None and settings is not None:
+        if done == 0:  # nothing to mix up yet: the job is this one from its first record on
+            record.write(o.output, settings)
+        else:
+            print(
+                f"sadcl predict: warning: --resume: {printable(o.output)} has no settings record "
+                f"({printable(record.record_path(o.output))}; an older sadcl wrote it): its weights, --threshold and "
+                "--top-k could not be verified, only its labels and images",
+                file=sys.stderr,
+            )
+    return done, existing
 
 
 def _check_records(o: JobOptions, existing: ExistingOutput, inputs: Iterator[str]) -> tuple[int, ExistingOutput]:
@@ -287,10 +320,19 @@ def _run(o: JobOptions, group: shard.Group) -> int:
     shard.settle(group, error)  # every rank checked before rank 0 creates --output
     labels = list(model.label_names)
 
-    done, existing, error = 0, None, None
+    done, existing, settings, error = 0, None, None, None
     if group.is_main:
         try:
-            done, existing = _resume(o, labels, iter_images(o.images, o.recursive))
+            if o.output is not None:  # what decides the records' content, recorded beside them
+                settings = record.settings(
+                    model,
+                    output=o.output,
+                    model_arg=o.model,
+                    checkpoint=o.checkpoint,
+                    threshold=o.threshold,
+                    top_k=o.top_k,
+                )
+            done, existing = _resume(o, labels, settings, iter_images(o.images, o.recursive))
         except Exception as e:
             error = e
     report = None
@@ -302,7 +344,7 @@ def _run(o: JobOptions, group: shard.Group) -> int:
         # part are scored again and their records dropped, never written twice.
         redo = done % o.batch_size
         inputs = islice(iter_images(o.images, o.recursive), done - redo, None)
-        report = _Report(o, labels, done, existing, drop=redo) if group.is_main else None
+        report = _Report(o, labels, done, existing, drop=redo, settings=settings) if group.is_main else None
         _score(o, group, model, inputs, report)
         return report.finish() if report is not None else 0
     finally:  # the output's lock is released, whatever happened

@@ -16,7 +16,7 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -290,9 +290,17 @@ class Writer:
     """Appends records to an output file; the file is created (or, with ``overwrite``, emptied) only by the first
     batch, so a job that fails before its first result leaves what was there untouched."""
 
-    def __init__(self, out: OutputFile, *, existing: ExistingOutput | None = None, overwrite: bool = False) -> None:
-        """``existing``: the file being resumed (appended to; its header written if it has none yet)."""
-        self.out, self.overwrite, self.existing = out, overwrite, existing
+    def __init__(
+        self,
+        out: OutputFile,
+        *,
+        existing: ExistingOutput | None = None,
+        overwrite: bool = False,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
+        """``existing``: the file being resumed (appended to; its header written if it has none yet).
+        ``on_start``: called once the file is created or emptied (and locked), before its first record."""
+        self.out, self.overwrite, self.existing, self.on_start = out, overwrite, existing, on_start
         self.started = existing is not None
         self.needs_header = not (existing is not None and existing.has_header)
         self.fd: int | None = None  # holds the file's lock once this writer created or emptied it
@@ -330,6 +338,8 @@ class Writer:
         hold_lock(path, fd)  # before emptying it: never under a job still writing it
         self.fd = fd
         os.ftruncate(fd, 0)
+        if self.on_start is not None:  # after emptying: the old records never sit beside the new job's settings
+            self.on_start()
 
 
 class StdoutText:
