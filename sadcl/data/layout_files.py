@@ -24,7 +24,7 @@ from .._text import printable
 from .datasets import CocoDataset, VOCDataset
 from .labels import read_labels
 
-__all__ = ["LAYOUTS", "SPLITS", "LayoutError", "Listing", "Layout", "layout_for"]
+__all__ = ["LAYOUTS", "SPLITS", "LayoutError", "Listing", "Layout", "layout_for", "relative_name"]
 
 LAYOUTS: tuple[str, ...] = ("coco2014", "voc2007", "voc2012", "nuswide", "vg500")
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -54,7 +54,7 @@ def _p(path: object) -> str:
     return printable(os.fspath(path)) if isinstance(path, os.PathLike) else printable(path)
 
 
-def _relative_name(name: str, where: str) -> str:
+def relative_name(name: str, where: str) -> str:
     """``name`` (from a list or annotation file) as a path relative to its image folder: never absolute,
     never with ``..``, so a file cannot make sadcl read outside the dataset. (Plain string tests: this runs
     once per image of lists of 160,000.)"""
@@ -157,7 +157,7 @@ class Coco2014(Layout):
         prefix = os.path.join(str(images), "")
         for path in ds.paths:  # file_name entries must stay inside the image folder
             inside = path[len(prefix) :] if path.startswith(prefix) else path
-            _relative_name(inside, f"{_p(annotations)} image {printable(path)!r}")
+            relative_name(inside, f"{_p(annotations)} image {printable(path)!r}")
         targets = ds.targets.numpy()
         return Listing(ds.paths, targets, names, annotations, images, empty=int((targets.sum(1) == 0).sum()))
 
@@ -191,7 +191,7 @@ class Voc(Layout):
 
     def read(self, base: Path, split: str) -> Listing:
         list_file = self._list(base, split)
-        ids = [_relative_name(line.split()[0], f"{_p(list_file)}:{n}") for n, line in _lines(list_file)]
+        ids = [relative_name(line.split()[0], f"{_p(list_file)}:{n}") for n, line in _lines(list_file)]
         absent = [f for f in (base / "Annotations" / f"{i}.xml" for i in ids) if not f.is_file()]
         if absent:
             raise LayoutError(
@@ -246,7 +246,7 @@ class NusWide(Layout):
     def read(self, base: Path, split: str) -> Listing:
         word = self._word(split)
         list_file = base / "ImageList" / f"{word}Imagelist.txt"
-        names = [_relative_name(line, f"{_p(list_file)}:{n}") for n, line in _lines(list_file)]
+        names = [relative_name(line, f"{_p(list_file)}:{n}") for n, line in _lines(list_file)]
         combined = base / "Groundtruth" / f"Labels_{word}.txt"
         if combined.is_file():
             targets = self._table(combined, 81, list_file, len(names)).astype(np.float32)
@@ -344,7 +344,7 @@ class VG500(Layout):
             raise LayoutError(f"{_p(index_file)}: expected a JSON object mapping image file name -> label indices")
         names, rows, cols = [], [], []
         for number, line in _lines(list_file):
-            name = _relative_name(line, f"{_p(list_file)}:{number}")
+            name = relative_name(line, f"{_p(list_file)}:{number}")
             labels = index.get(line)
             if labels is None:
                 raise LayoutError(

@@ -34,6 +34,7 @@ __all__ = [
     "format_estimate",
     "format_plan",
     "resolve_plan",
+    "run_folder",
     "steps_per_epoch",
 ]
 
@@ -64,6 +65,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     layout: list[str] = field(default_factory=list)  # the layout check's report, as printed
     skip_bad: bool = False  # listed images missing or unreadable are dropped (and counted), not an error
+    # With skip_bad: the images dropped, per split, relative to the split's image folder, sorted; decided once
+    # (every image decoded) and reused by both steps, the evaluation and a rerun. None: not decided here.
+    dropped: dict[str, list[str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """``plan.json``: the plan and, under ``compared``, what a rerun must keep."""
@@ -171,6 +175,7 @@ def resolve_plan(
     init: str | os.PathLike | None = None,
     verify_images: bool = False,
     skip_bad: bool = False,
+    known_bad: Mapping[str, list[str]] | None = None,
     require_init: bool = True,
     **overrides: Any,
 ) -> Plan:
@@ -179,7 +184,8 @@ def resolve_plan(
     ``overrides`` (``epochs``, ``batch_size``, ``model``, ``img_size``, ``amp``, ``pretrained_backbone``,
     ``patience``; run settings ``num_workers``, ``device``) applied and recorded. ``skip_bad`` drops listed
     images that are missing (or, with ``verify_images``, unreadable) instead of refusing the data; the counts are
-    then those kept. Reads files, writes nothing.
+    then those kept, and with ``verify_images`` the plan records which images are dropped (:attr:`Plan.dropped`);
+    ``known_bad`` is such a record from before (no image decoded). Reads files, writes nothing.
     ``data_root=None`` plans with the official release's image counts (a dry run before downloading);
     ``require_init=False`` lets a VOC plan go without its COCO model (a dry run: it cannot train)."""
     from ..data.layouts import check_layout
@@ -190,6 +196,7 @@ def resolve_plan(
             f"unknown DATASET {dataset!r}; one of {', '.join(DATASETS)}",
         )
     recipe, given = DATASETS[dataset], _check_overrides(overrides)
+    dropped: dict[str, list[str]] | None = None
     from_coco = recipe.init == "coco"
     if from_coco and init is None and require_init:
         problem = (
@@ -222,7 +229,9 @@ def resolve_plan(
         counts = {split: {"images": n} for split, n in sizes.value.items()}
         layout = [f"no --data-root: the image counts of the official release ({sizes.source}); nothing checked"]
     else:
-        report = check_layout(dataset, data_root, verify_images=verify_images, skip_bad=skip_bad)
+        report = check_layout(dataset, data_root, verify_images=verify_images, skip_bad=skip_bad, known_bad=known_bad)
+        if skip_bad and (verify_images or known_bad is not None):  # the whole decision: nothing left to decode
+            dropped = {split: r.dropped for split, r in report.splits.items()}
         counts = {
             split: {"images": r.images, "labels": r.labels, "positives": r.positives}
             for split, r in report.splits.items()
@@ -233,7 +242,7 @@ def resolve_plan(
         raise ConfigError.about(
             "batch_size", f"{chosen['batch_size']} is larger than the {n_train} training images; lower it"
         )
-    out = Path(output_dir) if output_dir is not None else Path("runs") / f"reproduce-{dataset}"
+    out = run_folder(dataset, output_dir)
     common = {k: chosen[k] for k in COMMON}
     steps = {
         "step1": {
@@ -274,7 +283,13 @@ def resolve_plan(
         notes=notes,
         layout=layout,
         skip_bad=skip_bad,
+        dropped=dropped,
     )
+
+
+def run_folder(dataset: str, output_dir: str | os.PathLike | None) -> Path:
+    """The run folder: ``output_dir``, by default ``runs/reproduce-DATASET``."""
+    return Path(output_dir) if output_dir is not None else Path("runs") / f"reproduce-{dataset}"
 
 
 def steps_per_epoch(plan: Plan, step: str) -> int:

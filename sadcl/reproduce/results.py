@@ -77,7 +77,14 @@ def evaluate_run(plan: Plan, out: Path, *, say: Callable[[str], None]) -> tuple[
 
     weights = out / "step2" / "best.safetensors"
     model = create_model(weights)
-    dataset = load_split(plan.dataset, plan.data_root, "val", transform=create_transform(model), skip_bad=plan.skip_bad)
+    dataset = load_split(
+        plan.dataset,
+        plan.data_root,
+        "val",
+        transform=create_transform(model),
+        skip_bad=plan.skip_bad,
+        dropped=None if plan.dropped is None else plan.dropped["val"],  # decided at the layout check
+    )
     s = plan.steps["step2"]
     metrics = evaluate_model(
         model,

@@ -12,15 +12,20 @@ from typing import Any
 
 from .._atomic import atomic_write_text
 from .._files import open_regular
+from .._text import printable
+from ..data.layout_files import SPLITS, LayoutError, relative_name
 from ..train.config import ConfigError
-from .plan import PLAN_FORMAT, Plan, differences, estimate, format_estimate, format_plan, resolve_plan
+from .plan import PLAN_FORMAT, Plan, differences, estimate, format_estimate, format_plan, resolve_plan, run_folder
 from .results import EVAL_NAME, check_repo_id, evaluate_run, export_run, publish_lines
 
 __all__ = ["PLAN_NAME", "STEP_TITLES", "claim_run", "reproduce"]
 
 PLAN_NAME = "plan.json"
 STEP_TITLES = {"step1": "Query2Label baseline", "step2": "SADCL"}
-_MAX_PLAN_BYTES = 1 << 20
+# plan.json holds the images skip_bad drops (at most half of each split: ~6 MB for NUS-WIDE's 270,000 images)
+_MAX_PLAN_BYTES = 64 << 20
+_MAX_NAME = 4096  # characters in one recorded image name
+_OTHER_DATA = "; decide again without it"  # the end of the LayoutError for a record that does not fit the data
 
 
 def _read_plan(path: Path) -> dict[str, Any] | None:
@@ -37,30 +42,72 @@ def _read_plan(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def claim_run(out: Path, plan: Plan, overwrite: bool) -> str:
-    """What the run folder allows: ``"new"``, ``"resume"`` (its plan.json matches) or ``"overwrite"``; raises
-    :class:`ConfigError` for a folder holding another plan or files a reproduction did not write. Read-only."""
+_REPLACE = (
+    "pass --overwrite to start over (replaces plan.json, eval.json and the files sadcl train and sadcl export "
+    "write in step1/, step2/, export/; other files are kept)"
+)
+
+
+def _folder_plan(out: Path, overwrite: bool) -> tuple[str, dict[str, Any] | None]:
+    """``("new" | "overwrite" | "resume", its plan.json)`` of the run folder; raises :class:`ConfigError` for a
+    file in its place or a folder holding files a reproduction did not write. Read-only."""
     if out.exists() and not out.is_dir():
         raise ConfigError.about("output_dir", f"{out} is a file, not a folder; give a folder for the run")
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not names:
-        return "new"
+        return "new", None
     if overwrite:
-        return "overwrite"
-    replace = (
-        "pass --overwrite to start over (replaces plan.json, eval.json and the files sadcl train and sadcl export "
-        "write in step1/, step2/, export/; other files are kept)"
-    )
+        return "overwrite", None
     stored = _read_plan(out / PLAN_NAME)
     if stored is None:
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        problem = f"{out} holds files sadcl reproduce did not write ({shown}); pick another folder, or {replace}"
+        problem = f"{out} holds files sadcl reproduce did not write ({shown}); pick another folder, or {_REPLACE}"
         raise ConfigError(f"output_dir {problem}".replace("--overwrite", "overwrite=True"), f"--output {problem}")
+    return "resume", stored
+
+
+def _recorded_drops(stored: dict[str, Any] | None, dataset: str, out: Path) -> dict[str, list[str]] | None:
+    """The images a run with ``skip_bad`` decided to drop, as its plan.json records them (None when it records
+    none). Data only: checked to be names inside the image folder; they are compared with the listed names,
+    never opened."""
+    if stored is None or not stored.get("skip_bad") or stored.get("dataset") != dataset:
+        return None  # another plan: the comparison of settings names what differs
+    record = stored.get("dropped")
+    if record is None:
+        return None  # written before the decision was recorded: decide again
+    where = out / PLAN_NAME
+    ok = isinstance(record, dict) and set(record) <= set(SPLITS)
+    ok = ok and all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in record.values())
+    bad = None if ok else "it is not split -> list of image names"
+    for names in record.values() if ok else ():
+        bad = next((f"image name {printable(n[:80])!r}" for n in names if not _inside(n)), None)
+        if bad:
+            break
+    if bad:
+        problem = f"{where} records the images to drop wrongly ({bad}); {_REPLACE}"
+        raise ConfigError(f"output_dir {problem}".replace("--overwrite", "overwrite=True"), f"--output {problem}")
+    return {split: list(names) for split, names in record.items()}
+
+
+def _inside(name: str) -> bool:
+    """A recorded name is a plain path inside an image folder (the rule for names read from a dataset's lists)."""
+    try:
+        return len(name) <= _MAX_NAME and relative_name(name, "") == name
+    except LayoutError:
+        return False
+
+
+def claim_run(out: Path, plan: Plan, overwrite: bool) -> str:
+    """What the run folder allows: ``"new"``, ``"resume"`` (its plan.json matches) or ``"overwrite"``; raises
+    :class:`ConfigError` for a folder holding another plan or files a reproduction did not write. Read-only."""
+    state, stored = _folder_plan(out, overwrite)
+    if stored is None:
+        return state
     diffs = differences(stored["compared"], plan)
     if diffs:
         problem = (
             f"{out} holds a reproduction with other settings: {'; '.join(diffs[:4])}; rerun with its settings "
-            f"to continue it, or {replace}"
+            f"to continue it, or {_REPLACE}"
         )
         raise ConfigError(problem.replace("--overwrite", "overwrite=True"), f"--output {problem}")
     return "resume"
@@ -93,6 +140,7 @@ def _run_step(
     say: Callable[[str], None],
 ) -> tuple[bool, int]:
     """Train ``step`` (continue its ``last.pt`` unless ``fresh``); returns (finished, epochs trained now)."""
+    from ..data.layouts import decided
     from ..train.config import RunFinishedError, TrainConfig
     from ..train.data import DataSpec
     from ..train.trainer import Trainer
@@ -112,7 +160,8 @@ def _run_step(
         started = folder.is_dir() and any(folder.iterdir())
         cfg = TrainConfig(**_step_config(plan, step, out), **runtime, overwrite=started)
     try:
-        trainer = Trainer(cfg, on_epoch=on_epoch)
+        with decided(plan.dataset, plan.data_root, plan.dropped or {}):  # the datasets: built once, here
+            trainer = Trainer(cfg, on_epoch=on_epoch)
     except RunFinishedError:
         say(f"{step} ({STEP_TITLES[step]}): already finished in {folder}; skipped")
         return True, 0
@@ -167,16 +216,28 @@ def reproduce(
             "--data-root DIR is needed "
             "to train (only --dry-run may omit it: it then plans with the official release's counts)",
         )
-    plan = resolve_plan(
-        dataset,
-        data_root,
-        output_dir=output_dir,
-        init=init,
-        verify_images=verify_images,
-        skip_bad=skip_bad,
-        require_init=not dry_run,
-        **overrides,
-    )
+    # skip_bad: which images are dropped is decided once, decoding every image (as training would), and recorded
+    # in plan.json; a rerun reuses the record, and the steps and the evaluation load the splits with it.
+    folder = run_folder(dataset, output_dir)
+    _, stored = _folder_plan(folder, overwrite)  # a foreign folder is refused before any image is decoded
+    known = _recorded_drops(stored, dataset, folder) if skip_bad else None
+    try:
+        plan = resolve_plan(
+            dataset,
+            data_root,
+            output_dir=output_dir,
+            init=init,
+            verify_images=verify_images or (skip_bad and not dry_run and known is None),
+            skip_bad=skip_bad,
+            known_bad=known,
+            require_init=not dry_run,
+            **overrides,
+        )
+    except LayoutError as e:
+        if known is None or not str(e).endswith(_OTHER_DATA):
+            raise
+        problem = f"{str(e).removesuffix(_OTHER_DATA)} (recorded in {folder / PLAN_NAME}); {_REPLACE}"
+        raise ConfigError(f"output_dir: {problem}".replace("--overwrite", "overwrite=True"), problem) from None
     out = Path(plan.output_dir)
     for line in plan.layout:
         say(line)
@@ -193,6 +254,7 @@ def reproduce(
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
             (out / EVAL_NAME).unlink(missing_ok=True)  # ours (the command's own file name); never stale
+    if state != "resume" or (plan.dropped is not None and known is None):  # a run from before the record: add it
         atomic_write_text(out / PLAN_NAME, json.dumps(plan.to_json(), indent=2, default=str) + "\n")
     budget = stop_after_epochs
     for step in plan.steps:
