@@ -13,11 +13,11 @@ from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 
-from .._files import not_regular_reason
+from .._files import not_regular_reason, regular_file
 from .._text import one_line, printable
 from . import record, shard
 from .output import ExistingOutput, Record, StdoutJson, StdoutText, Writer, output_file
-from .paths import check_folders, iter_images
+from .paths import STDIN, check_folders, iter_images
 
 __all__ = ["JobOptions", "run"]
 
@@ -42,7 +42,28 @@ class JobOptions:
     resume: bool = False
     overwrite: bool = False
     recursive: bool = False
+    files_from: str | None = None
     progress: bool = True
+
+
+def _inputs(o: JobOptions) -> Iterator[str]:
+    """The job's images, in order: the arguments, then the lines of ``--files-from`` (read anew each call)."""
+    return iter_images(o.images, o.recursive, o.files_from)
+
+
+def _check_inputs(o: JobOptions, group: shard.Group) -> None:
+    """Refuse inputs that cannot be read as asked, before the model is loaded."""
+    if not o.images and o.files_from is None:
+        raise ValueError("no images given: name image files, folders or URLs, or a list of them with --files-from LIST")
+    if o.files_from == STDIN:
+        # resuming reads the inputs twice (the file's records, then the rest); each torchrun process reads them all
+        if o.resume:
+            raise ValueError("--resume reads the inputs again, which --files-from - cannot: give a list file instead")
+        if group.world > 1:
+            raise ValueError("under torchrun every process reads the inputs: give --files-from a list file, not -")
+    elif o.files_from is not None:
+        regular_file(o.files_from, "--files-from list", ValueError)
+    check_folders(o.images, o.recursive)
 
 
 def _check_output(o: JobOptions) -> None:
@@ -119,7 +140,7 @@ class _Count(threading.Thread):
     def run(self) -> None:
         n = 0
         try:
-            for _ in iter_images(self.o.images, self.o.recursive):
+            for _ in _inputs(self.o):
                 if self.stopped.is_set():
                     return
                 n += 1
@@ -156,8 +177,9 @@ class _Report:
             from tqdm import tqdm
 
             self.bar = tqdm(desc="predict", unit="image", initial=done, file=sys.stderr, dynamic_ncols=True)
-            self.count = _Count(o)
-            self.count.start()
+            if o.files_from != STDIN:  # a list read from standard input is read once: no count, no ETA
+                self.count = _Count(o)
+                self.count.start()
 
     def say(self, text: str, file=None) -> None:
         """Print ``text`` (whole lines) without tearing the progress bar."""
@@ -189,13 +211,14 @@ class _Report:
                     self.nan_names.append(printable(r.image))
         self.new += len(records)
         if self.bar is not None:
-            if self.bar.total is None and self.count.total is not None:
+            if self.bar.total is None and self.count is not None and self.count.total is not None:
                 self.bar.total = self.count.total
             self.bar.update(len(records))
 
     def _close_bar(self) -> None:
         if self.bar is not None:
-            self.count.stopped.set()
+            if self.count is not None:
+                self.count.stopped.set()
             self.bar.close()
             self.bar = None
 
@@ -262,8 +285,8 @@ def _resume(
         else:
             print(
                 f"sadcl predict: warning: --resume: {printable(o.output)} has no settings record "
-                f"({printable(record.record_path(o.output))}; an older sadcl wrote it): its weights, --threshold and "
-                "--top-k could not be verified, only its labels and images",
+                f"({printable(record.record_path(o.output))}; written by an older sadcl?): its weights, preprocessing, "
+                "--threshold and --top-k could not be verified, only its labels and images",
                 file=sys.stderr,
             )
     return done, existing
@@ -313,7 +336,7 @@ def _run(o: JobOptions, group: shard.Group) -> int:
     model, error = None, None
     try:
         _check_output(o)  # the cheap checks first: a refused --output costs no model loading
-        check_folders(o.images, o.recursive)
+        _check_inputs(o, group)
         model = model_from_args(o.model, o.checkpoint)
     except Exception as e:
         error = e
@@ -332,7 +355,7 @@ def _run(o: JobOptions, group: shard.Group) -> int:
                     threshold=o.threshold,
                     top_k=o.top_k,
                 )
-            done, existing = _resume(o, labels, settings, iter_images(o.images, o.recursive))
+            done, existing = _resume(o, labels, settings, _inputs(o))
         except Exception as e:
             error = e
     report = None
@@ -343,7 +366,7 @@ def _run(o: JobOptions, group: shard.Group) -> int:
         # batched together give the same scores to the last bit. The few images of a batch the file holds in
         # part are scored again and their records dropped, never written twice.
         redo = done % o.batch_size
-        inputs = islice(iter_images(o.images, o.recursive), done - redo, None)
+        inputs = islice(_inputs(o), done - redo, None)
         report = _Report(o, labels, done, existing, drop=redo, settings=settings) if group.is_main else None
         _score(o, group, model, inputs, report)
         return report.finish() if report is not None else 0

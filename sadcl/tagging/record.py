@@ -126,7 +126,9 @@ def settings(
 # ----------------------------------------------------------------------------- the file
 def write(output: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Write the record beside ``output`` (atomically: a crash leaves the old record or the new one)."""
-    atomic_write_text(record_path(output), json.dumps(record, indent=2, ensure_ascii=True) + "\n")
+    # One setting a line, each value on its line (labels too): small, and a diff of two records reads easily.
+    lines = (f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=True)}" for key, value in record.items())
+    atomic_write_text(record_path(output), "{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def _no_constants(name: str) -> Any:
