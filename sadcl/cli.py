@@ -108,7 +108,13 @@ def _model_source_args(p: argparse.ArgumentParser) -> None:
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "images", nargs="+", help="image files, folders or http(s):// URLs (fetched with a deadline and a 50 MiB limit)"
+        "images", nargs="*", help="image files, folders or http(s):// URLs (fetched with a deadline and a 50 MiB limit)"
+    )
+    p.add_argument(
+        "--files-from",
+        metavar="LIST",
+        help="also the images named in the file LIST, one path, folder or URL per line (- : standard input), read "
+        "as they are needed; after the images given as arguments",
     )
     _model_source_args(p)
     g = p.add_mutually_exclusive_group()

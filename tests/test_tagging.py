@@ -437,7 +437,9 @@ def test_memory_stays_flat_however_many_images(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(sadcl.inference, "iter_predict", fake_predict)
     peaks = []
     for n in (500, 5_000):
-        monkeypatch.setattr(job, "iter_images", lambda items, recursive, n=n: (f"img{i:06d}.png" for i in range(n)))
+        monkeypatch.setattr(
+            job, "iter_images", lambda items, recursive, files_from, n=n: (f"img{i:06d}.png" for i in range(n))
+        )
         out = tmp_path / f"{n}.csv"
         tracemalloc.start()
         assert predict_cli(tiny, tmp_path, "--batch-size", "50", "--output", str(out), "x.png") == 1  # NaN: exit 1

@@ -9,12 +9,18 @@ the same order.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import BinaryIO
 
-from .._files import not_regular_reason
+from .._files import not_regular_reason, open_regular
 from ..data.images import IMAGE_SUFFIXES
 
-__all__ = ["IMAGE_SUFFIXES", "iter_images", "check_folders"]
+__all__ = ["IMAGE_SUFFIXES", "STDIN", "iter_images", "iter_listed", "check_folders"]
+
+STDIN = "-"  # --files-from -: the list is read from standard input
+MAX_LIST_LINE = 65536  # bytes: a path is at most 4,096 on Linux; a longer "line" is not a list of names
 
 
 def _is_url(item: str) -> bool:
@@ -66,10 +72,38 @@ def _folder(item: str) -> str | None:
     return str(Path(item))
 
 
-def iter_images(items: Iterable[str], recursive: bool = False) -> Iterator[str]:
+def _lines(fp: BinaryIO, name: str) -> Iterator[str]:
+    for n, raw in enumerate(iter(lambda: fp.readline(MAX_LIST_LINE + 1), b""), start=1):
+        if len(raw) > MAX_LIST_LINE:
+            raise ValueError(
+                f"--files-from {name}: line {n} is longer than {MAX_LIST_LINE} bytes; give one image path, folder "
+                "or URL per line"
+            )
+        line = raw.rstrip(b"\r\n")
+        if line.strip():
+            # bytes as the file system names them: a name that is not UTF-8 still reaches its file
+            yield os.fsdecode(line)
+
+
+def iter_listed(list_file: str) -> Iterator[str]:
+    """``--files-from``: the lines of ``list_file`` (``-``: standard input), one image path, folder or URL per
+    line, read as they are needed (a list of millions of names streams in flat memory); blank lines are
+    skipped, a relative path is relative to the current folder (as ``tar -T`` reads it). The list must be a
+    regular file (it is read again by ``--resume`` and by each ``torchrun`` process) or standard input."""
+    if list_file == STDIN:
+        yield from _lines(sys.stdin.buffer, "- (standard input)")
+        return
+    with open_regular(list_file, "--files-from list", ValueError) as fp:
+        yield from _lines(fp, list_file)
+
+
+def iter_images(items: Iterable[str], recursive: bool = False, files_from: str | None = None) -> Iterator[str]:
     """Files and URLs as given (the loader refuses special files among them, the fetcher any scheme but
     http(s)); a folder becomes its image files (regular files with an image suffix), sorted by name, and with
-    ``recursive`` those of its sub-folders too, depth first."""
+    ``recursive`` those of its sub-folders too, depth first. The lines of ``files_from`` (:func:`iter_listed`)
+    come after ``items``, read the same way."""
+    if files_from is not None:
+        items = chain(items, iter_listed(files_from))
     for item in items:
         folder = _folder(item)
         if folder is None:
