@@ -245,3 +245,13 @@ def test_weights_without_a_file_are_known_by_their_tensors(shared):
     assert record.weights_identity(from_file) == {"sha256": sha256_file(shared / "a.safetensors"), "of": "file"}
     exported = sadcl.create_model(str(shared / "export"))
     assert record.weights_identity(exported)["sha256"] == sha256_file(shared / "export" / "model.safetensors")
+
+
+def test_a_moved_checkpoint_is_the_same_model(shared, tmp_path, capsys):
+    whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
+    assert predict(shared, "--output", str(whole)) == 0
+    stopped_copy(whole, out, 1)
+    moved = shutil.copy(shared / "a.safetensors", tmp_path / "moved.safetensors")
+    assert predict(shared, "--output", str(out), "--resume", model=("--checkpoint", str(moved))) == 0
+    assert out.read_bytes() == whole.read_bytes()
+    assert record.read(out)["model"]["argument"] == f"--checkpoint {shared / 'a.safetensors'}"  # as begun
