@@ -31,9 +31,9 @@ def test_two_processes_resume_a_torn_file_into_the_one_process_file(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(11):
         Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(images / f"i{i:02d}.png")
-    args = ["predict", "--checkpoint", str(ckpt), "--batch-size", "2", "--workers", "0", str(images)]
+    args = ["predict", "--checkpoint", str(ckpt), "--batch-size", "2", "--workers", "0"]
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    assert main([*args, "--output", str(one)]) == 0
+    assert main([*args, str(images), "--output", str(one)]) == 0
     data = one.read_bytes()
     # Two batches done, the fifth record torn: the two processes cut it and deal the 7 images left (batches
     # 4-5 and 8-9 to rank 0, 6-7 and 10 to rank 1), in rounds gathered to rank 0.
@@ -41,6 +41,9 @@ def test_two_processes_resume_a_torn_file_into_the_one_process_file(tmp_path):
     two.write_bytes(data[: fifth + 20])
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sadcl.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    # The images named by a list file this time (each process reads it): the same names, the same file.
+    (tmp_path / "list.txt").write_text("".join(f"{images / f'i{i:02d}.png'}\n" for i in range(11)))
+    args += ["--files-from", str(tmp_path / "list.txt")]
     out = subprocess.run(
         [*run, *args, "--output", str(two), "--resume"], capture_output=True, text=True, timeout=300, env=env
     )
