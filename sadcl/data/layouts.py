@@ -159,9 +159,9 @@ def _split_off(name: str, split: str, li: Listing, dropped: Collection[str]) -> 
     unknown = set(dropped).difference(names)
     if unknown:
         raise LayoutError(
-            f"{printable(min(unknown))!r}, recorded as an image to drop from the {name} {split} split, is not one "
-            f"{printable(li.list_file)} lists ({len(unknown):,} recorded names are not): the record was made on "
-            "other data; decide again without it"  # the end sadcl.reproduce.run recognises
+            f"{printable(min(unknown))!r}, recorded as an image to drop from the {name} {split} split, is not "
+            f"listed in {printable(li.list_file)}: the record was made on other data; decide again without it"
+            # (sadcl.reproduce.run recognises that end)
         )
     drop = set(dropped)
     return [n not in drop for n in names]
@@ -319,12 +319,12 @@ def load_split(
     return dataset
 
 
-def _warn_dropped(name: str, split: str, li: Listing, skipped: list[str]) -> None:
+def _warn_dropped(name: str, split: str, li: Listing, skipped: list[str], stacklevel: int = 3) -> None:
     if skipped:
         warnings.warn(
             f"{name} {split}: dropped {len(skipped):,} missing or unreadable image(s) listed in "
             f"{printable(li.list_file)}, e.g. {printable(skipped[0])}",
-            stacklevel=3,
+            stacklevel=stacklevel,  # the caller of load_split
         )
 
 
@@ -344,5 +344,5 @@ def _decided_split(
         )
     dataset = MultiLabelDataset(paths, li.targets[np.asarray(keep, dtype=bool)], li.label_names, transform)
     dataset.skipped = [p for p, k in zip(li.paths, keep) if not k]
-    _warn_dropped(name, split, li, dataset.skipped)
+    _warn_dropped(name, split, li, dataset.skipped, stacklevel=4)
     return dataset

@@ -48,6 +48,11 @@ _REPLACE = (
 )
 
 
+def _folder_error(problem: str) -> ConfigError:
+    """A problem with the run folder, in Python's words (``output_dir``, ``overwrite=True``) and the CLI's."""
+    return ConfigError(f"output_dir {problem}".replace("--overwrite", "overwrite=True"), f"--output {problem}")
+
+
 def _folder_plan(out: Path, overwrite: bool) -> tuple[str, dict[str, Any] | None]:
     """``("new" | "overwrite" | "resume", its plan.json)`` of the run folder; raises :class:`ConfigError` for a
     file in its place or a folder holding files a reproduction did not write. Read-only."""
@@ -62,7 +67,7 @@ def _folder_plan(out: Path, overwrite: bool) -> tuple[str, dict[str, Any] | None
     if stored is None:
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         problem = f"{out} holds files sadcl reproduce did not write ({shown}); pick another folder, or {_REPLACE}"
-        raise ConfigError(f"output_dir {problem}".replace("--overwrite", "overwrite=True"), f"--output {problem}")
+        raise _folder_error(problem)
     return "resume", stored
 
 
@@ -85,7 +90,7 @@ def _recorded_drops(stored: dict[str, Any] | None, dataset: str, out: Path) -> d
             break
     if bad:
         problem = f"{where} records the images to drop wrongly ({bad}); {_REPLACE}"
-        raise ConfigError(f"output_dir {problem}".replace("--overwrite", "overwrite=True"), f"--output {problem}")
+        raise _folder_error(problem)
     return {split: list(names) for split, names in record.items()}
 
 
@@ -236,8 +241,8 @@ def reproduce(
     except LayoutError as e:
         if known is None or not str(e).endswith(_OTHER_DATA):
             raise
-        problem = f"{str(e).removesuffix(_OTHER_DATA)} (recorded in {folder / PLAN_NAME}); {_REPLACE}"
-        raise ConfigError(f"output_dir: {problem}".replace("--overwrite", "overwrite=True"), problem) from None
+        problem = f"{folder / PLAN_NAME}: {str(e).removesuffix(_OTHER_DATA)}; {_REPLACE}"
+        raise _folder_error(problem) from None
     out = Path(plan.output_dir)
     for line in plan.layout:
         say(line)
