@@ -255,3 +255,14 @@ def test_a_moved_checkpoint_is_the_same_model(shared, tmp_path, capsys):
     assert predict(shared, "--output", str(out), "--resume", model=("--checkpoint", str(moved))) == 0
     assert out.read_bytes() == whole.read_bytes()
     assert record.read(out)["model"]["argument"] == f"--checkpoint {shared / 'a.safetensors'}"  # as begun
+
+
+def test_an_empty_output_takes_the_settings_of_the_job_resuming_it(shared, tmp_path, capsys):
+    """A job stopped after emptying its file but before its first batch: no record can be mixed up."""
+    out = tmp_path / "out.jsonl"
+    assert predict(shared, "--threshold", "0.5", "--output", str(out)) == 0
+    out.write_bytes(b"")
+    capsys.readouterr()
+    assert predict(shared, "--threshold", "0.7", "--output", str(out), "--resume") == 0
+    assert capsys.readouterr().err == ""
+    assert record.read(out)["threshold"] == 0.7 and len(out.read_bytes().splitlines()) == N_IMAGES

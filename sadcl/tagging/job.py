@@ -271,7 +271,10 @@ def _resume(
         recorded = record.read(o.output)
     except record.NotOurs as e:
         raise ValueError(f"--resume: {e}; start over with --overwrite") from None
-    if recorded is not None and settings is not None:
+    # An empty file holds no record to mix up (a job stopped between emptying it and its first batch): its
+    # settings record, if any, is replaced by this job's.
+    empty = os.path.getsize(o.output) == 0
+    if recorded is not None and settings is not None and not empty:
         record.compare(o.output, recorded, settings)  # before the records are read: a refusal costs nothing
     existing = ExistingOutput(output_file(o.output, labels))
     try:
@@ -279,7 +282,7 @@ def _resume(
     except BaseException:
         existing.close()
         raise
-    if recorded is None and settings is not None:
+    if settings is not None and (recorded is None or (empty and record.difference(recorded, settings))):
         if done == 0:  # nothing to mix up yet: the job is this one from its first record on
             record.write(o.output, settings)
         else:

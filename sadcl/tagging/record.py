@@ -26,7 +26,19 @@ from .._atomic import atomic_write_text
 from .._files import not_regular_reason, open_regular
 from .._text import printable
 
-__all__ = ["MAX_BYTES", "NotOurs", "settings", "record_path", "read", "write", "compare", "check_replaceable"]
+__all__ = [
+    "MAX_BYTES",
+    "NotOurs",
+    "check_replaceable",
+    "compare",
+    "difference",
+    "read",
+    "record_path",
+    "settings",
+    "state_dict_sha256",
+    "weights_identity",
+    "write",
+]
 
 SUFFIX = ".job.json"
 FORMAT = "sadcl predict job settings"  # what marks a record as ours
