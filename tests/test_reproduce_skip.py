@@ -85,7 +85,8 @@ def test_skip_bad_decides_once_and_every_step_and_the_evaluation_reuse_it(tmp_pa
     code, out, err = run_cli(capsys, *cmd, "--stop-after-epochs", "1")  # step 1, then stop
     assert code == 0, err
     # decoded once, at the layout check: each present listed image one time, none by a dataset
-    assert sorted(decoding["layout"].paths) == sorted(p for s in listed for p in listed[s] if Path(p).exists())
+    present = sorted(p for s in listed for p in listed[s] if Path(p).exists())
+    assert sorted(decoding["layout"].paths) == present
     assert decoding["dataset"].paths == []
     plan = json.loads((run / "plan.json").read_text())
     assert plan["dropped"] == dropped and plan["counts"]["train"]["images"] == 22
@@ -100,6 +101,13 @@ def test_skip_bad_decides_once_and_every_step_and_the_evaluation_reuse_it(tmp_pa
     assert "train: 1 listed images missing, 1 unreadable (as recorded)" in out
     assert [s for s, _ in built] == ["train", "val", "val"] and all(p == kept[s] for s, p in built), built
     assert json.loads((run / "eval.json").read_text())["num_images"] == 11
+    assert json.loads((run / "plan.json").read_text())["dropped"] == dropped
+
+    plan.pop("dropped")  # a run started before the decision was recorded: decided (once) and recorded now
+    (run / "plan.json").write_text(json.dumps(plan))
+    code, out, err = run_cli(capsys, *cmd)
+    assert code == 0 and "already finished" in out, err
+    assert sorted(decoding["layout"].paths) == present and decoding["dataset"].paths == []
     assert json.loads((run / "plan.json").read_text())["dropped"] == dropped
 
 
