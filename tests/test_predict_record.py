@@ -221,12 +221,16 @@ def test_a_stale_record_of_ours_is_replaced_and_overwrite_keeps_an_old_job_until
                  "--overwrite", str(bad)]) == 2  # fmt: skip
     one_error_line(capsys.readouterr().err, "predict", "x.png")
     assert snapshot(tmp_path) == before
-    # A folder in the record's place cannot be replaced even with --overwrite.
+    # A folder in the record's place cannot be replaced even with --overwrite, nor read by --resume.
     other = tmp_path / "other.jsonl"
     job_file(other).mkdir()
     assert predict(shared, "--output", str(other), "--overwrite") == 2
     one_error_line(capsys.readouterr().err, "predict", f"{job_file(other)} is in the way", "directory", "move it")
     assert not other.exists()
+    other.write_bytes(b"")
+    assert predict(shared, "--output", str(other), "--resume") == 2
+    one_error_line(capsys.readouterr().err, "predict", f"{job_file(other)} is in the way", "directory", "move it")
+    assert other.read_bytes() == b""
 
 
 def test_weights_without_a_file_are_known_by_their_tensors(shared):

@@ -149,10 +149,14 @@ def _no_constants(name: str) -> Any:
 
 def read(output: str | os.PathLike) -> dict[str, Any] | None:
     """The record beside ``output``, validated; None when there is none. :class:`NotOurs` (naming the file and
-    why) when it is not a record this module wrote: too large, not JSON, another format or version."""
+    why) when it is not a record this module wrote: too large, not JSON, another format or version; a
+    ``FileExistsError`` when a folder, FIFO… is in its place (never opened)."""
     path = record_path(output)
-    if not_regular_reason(path) == "file not found":
+    reason = not_regular_reason(path)
+    if reason == "file not found":
         return None
+    if reason is not None:
+        raise _in_the_way(output, reason)
     with open_regular(path, "settings record", NotOurs) as f:
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
@@ -203,6 +207,12 @@ def _invalid(record: Any) -> str | None:
     return None
 
 
+def _in_the_way(output: str | os.PathLike, reason: str) -> FileExistsError:
+    return FileExistsError(
+        f"--output {output}: {record_path(output)} is in the way of its settings record ({reason}); move it"
+    )
+
+
 def check_replaceable(output: str | os.PathLike, overwrite: bool) -> None:
     """Before a job that will write ``output``'s record: refuse a ``FILE.job.json`` that cannot be replaced (a
     folder, a FIFO…) and, without ``--overwrite``, one that ``sadcl predict`` did not write."""
@@ -211,7 +221,7 @@ def check_replaceable(output: str | os.PathLike, overwrite: bool) -> None:
     if reason == "file not found":
         return
     if reason is not None:
-        raise FileExistsError(f"--output {output}: {path} is in the way of its settings record ({reason}); move it")
+        raise _in_the_way(output, reason)
     if overwrite:
         return  # the user asked to replace --output; its record goes with it
     try:
