@@ -17,6 +17,7 @@ import sadcl.data.datasets as datasets_module
 import sadcl.data.layouts as layouts
 import sadcl.train.data as train_data
 from sadcl.data.layouts import LayoutError, check_layout, decided, load_split
+from sadcl.reproduce.plan import resolve_plan
 
 
 def coco_images(root: Path, split: str) -> list[Path]:
@@ -157,8 +158,6 @@ def test_a_bad_record_in_plan_json_is_one_line_and_changes_nothing(record, named
     run = tmp_path / "run"
     args = ["coco2014", "--data-root", root, "--output", run, *TINY, "--epochs", "1", "--skip-bad"]
     assert run_cli(capsys, *args, "--dry-run", "--verify-images")[0] == 0
-    from sadcl.reproduce.plan import resolve_plan
-
     plan = resolve_plan("coco2014", root, skip_bad=True, verify_images=True, **_tiny())
     run.mkdir()
     (run / "plan.json").write_text(json.dumps({**plan.to_json(), "dropped": record}))
@@ -173,3 +172,27 @@ def test_a_bad_record_in_plan_json_is_one_line_and_changes_nothing(record, named
 
 def _tiny() -> dict:
     return {"model": "sadcl_tiny", "img_size": 64, "batch_size": 8, "num_workers": 0, "device": "cpu", "epochs": 1}
+
+
+def test_a_rerun_on_data_that_lost_an_image_since_the_record_is_refused(tmp_path, capsys, decoding):
+    root, dropped = broken_coco(tmp_path, n_train=12, n_val=6)
+    run = tmp_path / "run"
+    plan = resolve_plan("coco2014", root, skip_bad=True, verify_images=True, **_tiny())
+    assert plan.dropped == dropped and plan.counts["train"]["images"] == 10
+    run.mkdir()
+    (run / "plan.json").write_text(json.dumps(plan.to_json()))
+    coco_images(root, "train")[0].unlink()  # gone since the decision
+    decoding["layout"].paths.clear()
+    before = snapshot(tmp_path)
+    args = ["coco2014", "--data-root", root, "--output", run, *TINY, "--epochs", "1", "--skip-bad", "--dry-run"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and "train images (the run has 10, now 9)" in err, err
+    assert decoding["layout"].paths == [] and snapshot(tmp_path) == before
+
+
+def test_more_than_half_unreadable_is_the_wrong_folder_even_with_skip_bad(tmp_path):
+    root = make_tree("coco2014", tmp_path / "data", n_train=8, n_val=6)
+    for path in coco_images(root, "val")[:4]:
+        path.write_bytes(b"garbage")
+    with pytest.raises(LayoutError, match="4 of the 6 coco2014 val images .* are unreadable .* more than half"):
+        check_layout("coco2014", root, verify_images=True, skip_bad=True)
