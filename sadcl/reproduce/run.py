@@ -204,7 +204,9 @@ def reproduce(
     record; rerunning continues where an interrupted run stopped. ``overrides``: see :func:`.plan.resolve_plan`.
     ``dry_run`` only prints the plan and the GPU estimate (nothing written). ``stop_after_epochs`` ends this call
     after that many epochs (rerun to continue). ``skip_bad`` drops missing or unreadable listed images (counted in
-    the layout report) instead of refusing the data. Messages go to ``say``, each epoch's record to ``on_epoch``.
+    the layout report) instead of refusing the data: decided once, every image decoded at the layout check (not in
+    a dry run), recorded in ``plan.json`` and reused by both steps, the evaluation and a rerun. Messages go to
+    ``say``, each epoch's record to ``on_epoch``.
 
     Returns ``{"status": "dry-run" | "stopped" | "done", "plan": ..., "output_dir": ..., ...}`` (with ``eval``,
     ``record`` and ``push_command`` when done).
