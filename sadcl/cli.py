@@ -151,8 +151,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue the interrupted job that wrote --output (same images and model): skip the images it holds "
-        "(no file yet: start one)",
+        help="continue the interrupted job that wrote --output (same images, model, --threshold and --top-k: checked "
+        "against FILE.job.json): skip the images it holds (no file yet: start one)",
     )
     g.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument(
