@@ -196,3 +196,16 @@ def test_more_than_half_unreadable_is_the_wrong_folder_even_with_skip_bad(tmp_pa
         path.write_bytes(b"garbage")
     with pytest.raises(LayoutError, match="4 of the 6 coco2014 val images .* are unreadable .* more than half"):
         check_layout("coco2014", root, verify_images=True, skip_bad=True)
+
+
+def test_a_run_without_skip_bad_refuses_it_before_decoding(tmp_path, capsys, decoding):
+    root = make_tree("coco2014", tmp_path / "data", n_train=12, n_val=6)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "plan.json").write_text(json.dumps(resolve_plan("coco2014", root, **_tiny()).to_json()))
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(
+        capsys, "coco2014", "--data-root", root, "--output", run, *TINY, "--epochs", "1", "--skip-bad"
+    )
+    assert code == 2 and err.count("\n") == 1 and "skip_bad (the run has False, now True)" in err, err
+    assert decoding["layout"].paths == [] and snapshot(tmp_path) == before

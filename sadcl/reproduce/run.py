@@ -228,13 +228,15 @@ def reproduce(
     folder = run_folder(dataset, output_dir)
     _, stored = _folder_plan(folder, overwrite)  # a foreign folder is refused before any image is decoded
     known = _recorded_drops(stored, dataset, folder) if skip_bad else None
+    # (a run folder without skip_bad refuses this run anyway: no need to decode for it)
+    decide = skip_bad and not dry_run and known is None and (stored is None or stored.get("skip_bad") is True)
     try:
         plan = resolve_plan(
             dataset,
             data_root,
             output_dir=output_dir,
             init=init,
-            verify_images=verify_images or (skip_bad and not dry_run and known is None),
+            verify_images=verify_images or decide,
             skip_bad=skip_bad,
             known_bad=known,
             require_init=not dry_run,
