@@ -621,8 +621,9 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-bad",
         action="store_true",
-        help="drop listed images that are missing (or unreadable, with --verify-images) instead of stopping; "
-        "they are counted in the data report (NUS-WIDE copies often lack dead Flickr links)",
+        help="drop listed images that are missing or unreadable instead of stopping: decided once before step 1 "
+        "(every image decoded) and recorded in RUN/plan.json, which a rerun reuses; they are counted in the data "
+        "report (NUS-WIDE copies often lack dead Flickr links)",
     )
     p.add_argument("--stop-after-epochs", type=int, metavar="N", help="end after N epochs; rerun to continue")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
