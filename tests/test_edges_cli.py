@@ -440,8 +440,8 @@ def test_predict_options_are_checked_at_the_door(tmp_path, capsys, option, value
 
 def test_argparse_errors_are_one_line(capsys):
     with pytest.raises(SystemExit):
-        main(["predict"])
-    one_error_line(capsys.readouterr().err, "predict", "images")
+        main(["predict", "--batch-size"])
+    one_error_line(capsys.readouterr().err, "predict", "argument --batch-size: expected one argument")
     with pytest.raises(SystemExit):
         main(["no-such-command"])
     err = capsys.readouterr().err
