@@ -196,7 +196,10 @@ def _status_kib(pid: int | str, field: str) -> int | None:
 def _children() -> list[int]:
     kids: list[int] = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        kids += [int(p) for p in (task / "children").read_text().split()]
+        try:
+            kids += [int(p) for p in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended since the listing
+            continue
     return kids
 
 

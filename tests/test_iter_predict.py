@@ -61,7 +61,10 @@ def children() -> set[int]:
     """This process's child processes (Linux /proc)."""
     kids: set[int] = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        kids |= {int(p) for p in (task / "children").read_text().split()}
+        try:
+            kids |= {int(p) for p in (task / "children").read_text().split()}
+        except FileNotFoundError:  # a thread that ended since the listing (a pool's manager thread)
+            continue
     return kids
 
 
