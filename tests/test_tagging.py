@@ -447,3 +447,33 @@ def test_memory_stays_flat_however_many_images(tiny, tmp_path, monkeypatch):
         tracemalloc.stop()
         assert out.read_bytes().count(b"\n") == n + 1
     assert peaks[1] - peaks[0] < 100_000, peaks  # a list of the 5,000 names alone would take ~350 kB
+
+
+def test_an_unreadable_image_stops_the_job_with_what_to_do_and_resume_continues_once_fixed(
+    tiny, images, tmp_path, capsys
+):
+    """Without --skip-bad the first unreadable image stops the job; the line names it, says how to go on and that
+    the batches before it are kept; once the file is fixed, --resume gives the uninterrupted file."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        (folder / name).write_bytes((images / "a.png").read_bytes())
+    whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
+    assert predict_cli(tiny, images, "--output", str(whole), str(folder)) == 0
+    good = (folder / "c.png").read_bytes()
+    (folder / "c.png").write_bytes(good[:40])  # truncated: in the second batch
+    capsys.readouterr()
+    assert predict_cli(tiny, images, "--output", str(out), str(folder)) == 2
+    one_error_line(
+        capsys.readouterr().err,
+        "predict",
+        "c.png",
+        "pass --skip-bad to go on past unreadable images",
+        f"the first {BATCH} images are in {out}: the same command with --resume continues",
+    )
+    (folder / "c.png").write_bytes(good)
+    assert predict_cli(tiny, images, "--output", str(out), "--resume", str(folder)) == 0
+    assert out.read_bytes() == whole.read_bytes()
+    assert predict_cli(tiny, images, str(folder / "c.png"), str(tmp_path / "missing.png")) == 2  # stdout: no file
+    err = one_error_line(capsys.readouterr().err, "predict", "missing.png", "--skip-bad")
+    assert "--resume" not in err

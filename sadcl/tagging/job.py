@@ -15,6 +15,7 @@ from itertools import islice
 
 from .._files import not_regular_reason, regular_file
 from .._text import one_line, printable
+from ..data.images import ImageLoadError
 from . import record, shard
 from .output import ExistingOutput, Record, StdoutJson, StdoutText, Writer, output_file
 from .paths import STDIN, check_folders, iter_images
@@ -371,13 +372,25 @@ def _run(o: JobOptions, group: shard.Group) -> int:
         redo = done % o.batch_size
         inputs = islice(_inputs(o), done - redo, None)
         report = _Report(o, labels, done, existing, drop=redo, settings=settings) if group.is_main else None
-        _score(o, group, model, inputs, report)
+        try:
+            _score(o, group, model, inputs, report)
+        except ImageLoadError as e:  # without --skip-bad the first unreadable image stops the job
+            raise ImageLoadError(f"{e}; {_after_bad_image(o, report)}") from None
         return report.finish() if report is not None else 0
     finally:  # the output's lock is released, whatever happened
         if report is not None:
             report.close()
         if existing is not None:
             existing.close()
+
+
+def _after_bad_image(o: JobOptions, report: _Report | None) -> str:
+    """What to do when an image stopped the job: the images already written are kept."""
+    hint = "fix or remove it, or pass --skip-bad to go on past unreadable images"
+    kept = 0 if report is None else report.done_before + report.new
+    if o.output is None or not kept:
+        return hint
+    return f"{hint}; the first {kept} images are in {printable(o.output)}: the same command with --resume continues"
 
 
 def _score(o: JobOptions, group: shard.Group, model, inputs: Iterator[str], report: _Report | None) -> None:
