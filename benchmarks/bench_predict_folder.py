@@ -18,7 +18,10 @@ Per model, timed in alternating rounds (``_common.alternate``) in this process, 
 * ``files_default`` and ``files_w{N}``: ``iter_predict`` over the file paths with ``workers=None`` (the
   default policy, :func:`sadcl.data.stream.decoded_batches`: on a CPU whose cores all run the model, decoding
   in place until it costs more than the model) and with each ``--workers N``: open, decode, resize, uint8
-  batches, normalisation, forward, ranking; worker start-up included.
+  batches, normalisation, forward, ranking; worker start-up included;
+* ``files_decoded``: the ``files_default`` path with each image's decoding replaced by a lookup of its decoded
+  pixels (in place): everything the files path does besides decoding, so ``tensor`` / ``files_decoded`` says
+  how much of the gap is not decoding.
 
 Ratio = ``tensor`` time / ``files`` time, per round, median over rounds (end-to-end rate as a share of the
 model-only rate). Targets (issue 13): ``files_default`` >= 0.90 for the default model
@@ -94,6 +97,18 @@ def _consume(model: torch.nn.Module, images: Any, batch_size: int, workers: int 
     return n
 
 
+def _without_decoding(model: torch.nn.Module, files: list[str], batch_size: int, pixels: dict) -> int:
+    """``_consume`` in place with ``decode`` replaced by a lookup in ``pixels`` (each file decoded beforehand)."""
+    from sadcl.data import stream
+
+    real = stream.decode
+    stream.decode = lambda item, size, interpolation="bilinear": pixels[item]
+    try:
+        return _consume(model, files, batch_size, 0)
+    finally:
+        stream.decode = real
+
+
 def _score_matrix(model: torch.nn.Module, images: Any) -> torch.Tensor:
     return torch.tensor([[p.scores[n] for n in model.label_names] for b in iter_predict(model, images) for p in b])
 
@@ -119,10 +134,12 @@ def time_model(
     }
     for w in workers:
         fns[f"files_w{w}"] = lambda w=w: _consume(model, files, batch_size, w)
+    size = model.pretrained_cfg["input_size"][-1]
+    decoded = {f: decode(f, (size, size), model.pretrained_cfg["interpolation"]) for f in files}
+    fns["files_decoded"] = lambda: _without_decoding(model, files, batch_size, decoded)
     # Same scores both ways (the preprocessing is create_transform's; see tests/test_iter_predict.py).
     diff = (_score_matrix(model, files[:batch_size]) - _score_matrix(model, x[:batch_size])).abs().max()
     times = _common.alternate(fns, rounds=rounds, warmup=1)
-    size = model.pretrained_cfg["input_size"][-1]
     decode_cpu = _cpu_seconds(lambda: [decode(p, (size, size), model.pretrained_cfg["interpolation"]) for p in files])
     model_cpu = _cpu_seconds(fns["tensor"])
     n = len(paths)

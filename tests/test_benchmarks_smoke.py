@@ -221,7 +221,7 @@ def test_bench_predict_folder(tmp_path, one_thread):
     assert models == [("sadcl_fashion_mosaic", (56, 400)), ("sadcl_tiny", (56, 400))]
     for r in data["results"]:
         assert r["files_vs_tensor_max_abs_diff"] < 1e-4 and r["decode_cpu_ms_per_image"] > 0
-        assert set(r["contenders"]) == {"tensor", "files_default", "files_w0"}
+        assert set(r["contenders"]) == {"tensor", "files_default", "files_w0", "files_decoded"}
         base = r["contenders"]["tensor"]["time"]
         for name, c in r["contenders"].items():
             assert_timing(c["time"], 1)
