@@ -81,36 +81,37 @@ def write_folder(root: Path, n: int, min_side: int, max_side: int, seed: int = 0
     return paths
 
 
-def preprocessed(model: torch.nn.Module, paths: list[Path], batch_size: int) -> torch.Tensor:
-    """The model's input for ``paths``, built once (what the ``tensor`` contender starts from)."""
+def preprocessed(model: torch.nn.Module, paths: list[Path], batch_size: int, device: str = "cpu") -> torch.Tensor:
+    """The model's input for ``paths``, built once on ``device`` (what the ``tensor`` contender starts from)."""
     cfg = model.pretrained_cfg
     mean, std = (torch.tensor(cfg[k], dtype=torch.float32).view(3, 1, 1) for k in ("mean", "std"))
     size = tuple(cfg["input_size"][1:])
     batches = decoded_batches(paths, size, cfg["interpolation"], batch_size=batch_size, workers=0)
-    return torch.cat([normalise(b.pixels, mean, std) for b in batches]).contiguous()
+    return torch.cat([normalise(b.pixels, mean, std) for b in batches]).contiguous().to(device)
 
 
-def _consume(model: torch.nn.Module, images: Any, batch_size: int, workers: int | None) -> int:
-    n = 0
-    for batch in iter_predict(model, images, batch_size=batch_size, workers=workers):
+def _consume(model: torch.nn.Module, images: Any, batch_size: int, workers: int | None, device: str = "cpu") -> int:
+    n = 0  # each batch's scores are Python floats: on a GPU the loop waits for every batch
+    for batch in iter_predict(model, images, batch_size=batch_size, workers=workers, device=device):
         n += len(batch)
     return n
 
 
-def _without_decoding(model: torch.nn.Module, files: list[str], batch_size: int, pixels: dict) -> int:
+def _without_decoding(model: torch.nn.Module, files: list[str], batch_size: int, pixels: dict, device: str) -> int:
     """``_consume`` in place with ``decode`` replaced by a lookup in ``pixels`` (each file decoded beforehand)."""
     from sadcl.data import stream
 
     real = stream.decode
     stream.decode = lambda item, size, interpolation="bilinear": pixels[item]
     try:
-        return _consume(model, files, batch_size, 0)
+        return _consume(model, files, batch_size, 0, device)
     finally:
         stream.decode = real
 
 
-def _score_matrix(model: torch.nn.Module, images: Any) -> torch.Tensor:
-    return torch.tensor([[p.scores[n] for n in model.label_names] for b in iter_predict(model, images) for p in b])
+def _score_matrix(model: torch.nn.Module, images: Any, device: str) -> torch.Tensor:
+    batches = iter_predict(model, images, device=device)
+    return torch.tensor([[p.scores[n] for n in model.label_names] for b in batches for p in b])
 
 
 def _cpu_seconds(fn: Callable[[], Any]) -> float:
@@ -121,24 +122,30 @@ def _cpu_seconds(fn: Callable[[], Any]) -> float:
 
 
 def time_model(
-    name: str, paths: list[Path], batch_size: int, workers: list[int], rounds: int, pretrained: bool
+    name: str,
+    paths: list[Path],
+    batch_size: int,
+    workers: list[int],
+    rounds: int,
+    pretrained: bool,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """The contenders of one model on ``paths`` (module docstring)."""
+    """The contenders of one model on ``paths`` (module docstring), scored on ``device``."""
     torch.manual_seed(0)
     model = sadcl.create_model(name, pretrained=pretrained).eval()
-    x = preprocessed(model, paths, batch_size)
+    x = preprocessed(model, paths, batch_size, device)
     files = [str(p) for p in paths]
     fns: dict[str, Callable[[], Any]] = {
-        "tensor": lambda: _consume(model, x, batch_size, 0),
-        "files_default": lambda: _consume(model, files, batch_size, None),
+        "tensor": lambda: _consume(model, x, batch_size, 0, device),
+        "files_default": lambda: _consume(model, files, batch_size, None, device),
     }
     for w in workers:
-        fns[f"files_w{w}"] = lambda w=w: _consume(model, files, batch_size, w)
+        fns[f"files_w{w}"] = lambda w=w: _consume(model, files, batch_size, w, device)
     size = model.pretrained_cfg["input_size"][-1]
     decoded = {f: decode(f, (size, size), model.pretrained_cfg["interpolation"]) for f in files}
-    fns["files_decoded"] = lambda: _without_decoding(model, files, batch_size, decoded)
+    fns["files_decoded"] = lambda: _without_decoding(model, files, batch_size, decoded, device)
     # Same scores both ways (the preprocessing is create_transform's; see tests/test_iter_predict.py).
-    diff = (_score_matrix(model, files[:batch_size]) - _score_matrix(model, x[:batch_size])).abs().max()
+    diff = (_score_matrix(model, files[:batch_size], device) - _score_matrix(model, x[:batch_size], device)).abs().max()
     times = _common.alternate(fns, rounds=rounds, warmup=1)
     decode_cpu = _cpu_seconds(lambda: [decode(p, (size, size), model.pretrained_cfg["interpolation"]) for p in files])
     model_cpu = _cpu_seconds(fns["tensor"])
@@ -149,7 +156,8 @@ def time_model(
         "image_size": size,
         "images": n,
         "batch_size": batch_size,
-        "default_workers": default_workers(),
+        "device": device,
+        "default_workers": default_workers(torch.device(device).type),
         "files_vs_tensor_max_abs_diff": float(diff),
         "decode_cpu_ms_per_image": decode_cpu / n * 1e3,
         "model_cpu_ms_per_image": model_cpu / n * 1e3,

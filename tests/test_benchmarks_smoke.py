@@ -152,6 +152,34 @@ def test_bench_train_gpu_without_cuda_says_so(tmp_path, monkeypatch):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
+def test_gpu_tagging_on_cpu(tmp_path, one_thread):
+    """The GPU run's mechanics on a CPU: JPEGs, the synthetic reference, sadcl train from the folder (its log's
+    rate), the stop at the goal, and iter_predict from files against tensors on the device."""
+    data = run("gpu_tagging", tmp_path, "--device", "cpu", *one_thread)
+    assert data["device"] == "cpu" and data["images"]["n"] == 12
+    ref = data["reference"]["images_per_s"]
+    assert ref > 0 and "bench_train_gpu.py --device cpu" in data["reference"]["command"]
+    tried = [r["workers"] for r in data["train"]]
+    assert tried in ([0], [0, 1])
+    for r in data["train"]:
+        assert r["images_per_s"] > 0 and r["windows"] >= 1
+        assert_ratio(r["ratio_to_reference"], r["images_per_s"], ref)
+    goal = data["goal"]
+    assert goal["met"] == (data["train"][-1]["ratio_to_reference"] >= 0.90)
+    assert goal["workers"] == (tried[-1] if goal["met"] else None) and (goal["met"] or tried == [0, 1])
+    pred = data["predict"]
+    assert pred["device"] == "cpu" and pred["files_vs_tensor_max_abs_diff"] < 1e-4
+    assert set(pred["contenders"]) == {"tensor", "files_default", "files_decoded"}
+
+
+def test_gpu_tagging_without_cuda_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device is available.*--device cpu --quick"):
+        bench("gpu_tagging").main(["--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_alternate_rotates_and_summarises():
     common = bench("_common")
     calls = []
