@@ -116,6 +116,12 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
         help="also the images named in the file LIST, one path, folder or URL per line (- : standard input), read "
         "as they are needed; after the images given as arguments",
     )
+    p.add_argument(
+        "--null",
+        action="store_true",
+        help="the --files-from list separates names with NUL bytes, as find -print0 writes them (names may then "
+        "hold line breaks)",
+    )
     _model_source_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=_probability, help="keep labels scoring above this probability")

@@ -135,3 +135,22 @@ def test_standard_input_is_refused_under_torchrun():
     _check_inputs(JobOptions(images=[], files_from="-"), Group())
     with pytest.raises(ValueError, match="under torchrun every process reads the inputs: give --files-from a list"):
         _check_inputs(JobOptions(images=[], files_from="-"), Group(rank=1, world=2))
+
+
+def test_a_nul_separated_list_holds_names_with_line_breaks(tiny, images, tmp_path, capsys, monkeypatch):
+    """--null: ``find -print0`` lists, where a name may hold a line break; the records are those of a walk."""
+    data = b"".join(str(images / n).encode() + b"\0" for n in NAMES)
+    (tmp_path / "list0").write_bytes(data[:-1])  # the last name without its NUL: still read
+    listed, walked_out = tmp_path / "listed.csv", tmp_path / "walked.csv"
+    assert predict_cli(tiny, images, "--output", str(listed), "--files-from", str(tmp_path / "list0"), "--null") == 0
+    given = [str(images / n) for n in NAMES]
+    assert predict_cli(tiny, images, "--output", str(walked_out), *given) == 0
+    assert listed.read_bytes() == walked_out.read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\0\0" + data)))  # empty entries skipped
+    assert list(iter_images([], files_from="-", null=True)) == given
+    capsys.readouterr()
+    assert predict_cli(tiny, images, "--null", str(images / "a.png")) == 2
+    one_error_line(capsys.readouterr().err, "predict", "--null", "--files-from LIST")
+    (tmp_path / "long0").write_bytes(b"a.png\0" + b"b" * 70000)
+    assert predict_cli(tiny, images, "--files-from", str(tmp_path / "long0"), "--null") == 2
+    one_error_line(capsys.readouterr().err, "predict", "long0: name 2 is longer than 65536 bytes", "per name")

@@ -438,7 +438,7 @@ def test_memory_stays_flat_however_many_images(tiny, tmp_path, monkeypatch):
     peaks = []
     for n in (500, 5_000):
         monkeypatch.setattr(
-            job, "iter_images", lambda items, recursive, files_from, n=n: (f"img{i:06d}.png" for i in range(n))
+            job, "iter_images", lambda items, recursive, files_from, null, n=n: (f"img{i:06d}.png" for i in range(n))
         )
         out = tmp_path / f"{n}.csv"
         tracemalloc.start()

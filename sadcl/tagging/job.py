@@ -44,16 +44,19 @@ class JobOptions:
     overwrite: bool = False
     recursive: bool = False
     files_from: str | None = None
+    null: bool = False
     progress: bool = True
 
 
 def _inputs(o: JobOptions) -> Iterator[str]:
     """The job's images, in order: the arguments, then the lines of ``--files-from`` (read anew each call)."""
-    return iter_images(o.images, o.recursive, o.files_from)
+    return iter_images(o.images, o.recursive, o.files_from, o.null)
 
 
 def _check_inputs(o: JobOptions, group: shard.Group) -> None:
     """Refuse inputs that cannot be read as asked, before the model is loaded."""
+    if o.null and o.files_from is None:
+        raise ValueError("--null says how the --files-from list separates its names: give --files-from LIST too")
     if not o.images and o.files_from is None:
         raise ValueError("no images given: name image files, folders or URLs, or a list of them with --files-from LIST")
     if o.files_from == STDIN:

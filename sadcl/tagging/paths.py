@@ -72,38 +72,59 @@ def _folder(item: str) -> str | None:
     return str(Path(item))
 
 
-def _lines(fp: BinaryIO, name: str) -> Iterator[str]:
-    for n, raw in enumerate(iter(lambda: fp.readline(MAX_LIST_LINE + 1), b""), start=1):
-        if len(raw) > MAX_LIST_LINE:
-            raise ValueError(
-                f"--files-from {name}: line {n} is longer than {MAX_LIST_LINE} bytes; give one image path, folder "
-                "or URL per line"
-            )
-        line = raw.rstrip(b"\r\n")
-        if line.strip():
-            # bytes as the file system names them: a name that is not UTF-8 still reaches its file
-            yield os.fsdecode(line)
+def _entries(fp: BinaryIO, name: str, null: bool) -> Iterator[str]:
+    """The names of a list: lines (a CR before the LF dropped, blank lines skipped) or, with ``null``, entries
+    ended by NUL bytes (``find -print0``: a name may hold line breaks). Read as the bytes arrive (``read1``:
+    a name piped in is yielded without waiting for more), each entry bounded by ``MAX_LIST_LINE``."""
+    sep, what = (b"\0", "name") if null else (b"\n", "line")
+    rest, n = b"", 0
+    while True:
+        chunk = fp.read1(MAX_LIST_LINE)
+        *entries, rest = (rest + chunk).split(sep)
+        if not chunk and rest:  # the last entry, without its separator
+            entries, rest = [*entries, rest], b""
+        for raw in entries:
+            n += 1
+            entry = raw if null else raw.rstrip(b"\r")
+            if len(entry) > MAX_LIST_LINE:
+                break
+            if entry if null else entry.strip():
+                # bytes as the file system names them: a name that is not UTF-8 still reaches its file
+                yield os.fsdecode(entry)
+        else:
+            if len(rest) <= MAX_LIST_LINE:
+                if not chunk:
+                    return
+                continue
+            n += 1
+        raise ValueError(
+            f"--files-from {name}: {what} {n} is longer than {MAX_LIST_LINE} bytes; give one image path, folder or "
+            f"URL per {what}"
+        )
 
 
-def iter_listed(list_file: str) -> Iterator[str]:
+def iter_listed(list_file: str, null: bool = False) -> Iterator[str]:
     """``--files-from``: the lines of ``list_file`` (``-``: standard input), one image path, folder or URL per
-    line, read as they are needed (a list of millions of names streams in flat memory); blank lines are
-    skipped, a relative path is relative to the current folder (as ``tar -T`` reads it). The list must be a
-    regular file (it is read again by ``--resume`` and by each ``torchrun`` process) or standard input."""
+    line (``null``: per NUL-terminated entry), read as they are needed (a list of millions of names streams in
+    flat memory); blank lines are skipped, a relative path is relative to the current folder (as ``tar -T``
+    reads it). The list must be a regular file (it is read again by ``--resume`` and by each ``torchrun``
+    process) or standard input."""
     if list_file == STDIN:
-        yield from _lines(sys.stdin.buffer, "- (standard input)")
+        yield from _entries(sys.stdin.buffer, "- (standard input)", null)
         return
     with open_regular(list_file, "--files-from list", ValueError) as fp:
-        yield from _lines(fp, list_file)
+        yield from _entries(fp, list_file, null)
 
 
-def iter_images(items: Iterable[str], recursive: bool = False, files_from: str | None = None) -> Iterator[str]:
+def iter_images(
+    items: Iterable[str], recursive: bool = False, files_from: str | None = None, null: bool = False
+) -> Iterator[str]:
     """Files and URLs as given (the loader refuses special files among them, the fetcher any scheme but
     http(s)); a folder becomes its image files (regular files with an image suffix), sorted by name, and with
-    ``recursive`` those of its sub-folders too, depth first. The lines of ``files_from`` (:func:`iter_listed`)
-    come after ``items``, read the same way."""
+    ``recursive`` those of its sub-folders too, depth first. The names listed in ``files_from``
+    (:func:`iter_listed`, ``null``: NUL-separated) come after ``items``, read the same way."""
     if files_from is not None:
-        items = chain(items, iter_listed(files_from))
+        items = chain(items, iter_listed(files_from, null))
     for item in items:
         folder = _folder(item)
         if folder is None:
