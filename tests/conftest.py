@@ -117,6 +117,28 @@ def hub_uploads(fake_hub: FakeHub) -> HubUploads:
     return HubUploads(fake_hub).install()
 
 
+# -- broken weights --------------------------------------------------------------------------------------------
+@pytest.fixture
+def nan_logits(monkeypatch: pytest.MonkeyPatch) -> Callable[[object], None]:
+    """``nan_logits(index)``: from then on in the test, ``SADCL.forward`` returns its logits with ``out[index]``
+    set to NaN (as broken weights or a zero ``std`` would make them), e.g. ``0``: every batch's first image."""
+    import math
+
+    from sadcl.model import SADCL
+
+    def patch(index: object) -> None:
+        forward = SADCL.forward
+
+        def broken(self, x):
+            out = forward(self, x).clone()
+            out[index] = math.nan
+            return out
+
+        monkeypatch.setattr(SADCL, "forward", broken)
+
+    return patch
+
+
 # -- markers ---------------------------------------------------------------------------------------------------
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that talks to the loopback ``FakeHub`` is a ``network`` test (a sandbox without sockets

@@ -23,7 +23,6 @@ from sadcl._text import one_line, printable, with_details
 from sadcl.cli import _cli_words, build_parser, main
 from sadcl.data.images import ImageLoadError
 from sadcl.inference import ImageSkippedWarning, NonFiniteScoreWarning
-from sadcl.model import SADCL
 from sadcl.model.sadcl import resolve_labels
 from sadcl.tagging.paths import iter_images
 
@@ -366,16 +365,9 @@ def test_folder_listing_leaves_out_special_files(tmp_path):
 
 # -- 4. NaN never reaches JSON; options checked at the door -------------------------------------------------------
 @pytest.fixture
-def nan_for_first_image(monkeypatch):
-    """Every batch's first row of logits is NaN (as broken weights or a zero ``std`` would make it)."""
-    forward = SADCL.forward
-
-    def broken(self, x):
-        out = forward(self, x).clone()
-        out[0] = math.nan
-        return out
-
-    monkeypatch.setattr(SADCL, "forward", broken)
+def nan_for_first_image(nan_logits):
+    """Every batch's first row of logits is NaN."""
+    nan_logits(0)
 
 
 def test_predict_json_prints_null_for_nan_and_warns(tiny, images, tmp_path, capsys, nan_for_first_image):
@@ -397,16 +389,9 @@ def test_predict_json_prints_null_for_nan_and_warns(tiny, images, tmp_path, caps
     assert snapshot(tmp_path) == before
 
 
-def test_library_predict_sorts_nan_last_and_warns(tiny, images, monkeypatch):
+def test_library_predict_sorts_nan_last_and_warns(tiny, images, nan_logits):
     model, _ = tiny
-    forward = SADCL.forward
-
-    def half_nan(self, x):
-        out = forward(self, x).clone()
-        out[:, ::2] = math.nan
-        return out
-
-    monkeypatch.setattr(SADCL, "forward", half_nan)
+    nan_logits((slice(None), slice(None, None, 2)))  # every other label of every image
     with pytest.warns(NonFiniteScoreWarning, match="a.png"):
         res = sadcl.predict(model, images / "a.png")[0]
     scores = list(res.values())

@@ -18,7 +18,6 @@ from sadcl.data import stream
 from sadcl.data.images import ImageLoadError, load_image
 from sadcl.data.mosaic import make_mosaics, mosaic_to_pil
 from sadcl.inference import NonFiniteScoreWarning, Prediction, iter_predict, predict_scores
-from sadcl.model import SADCL
 
 # (width, height, mode, format): odd sizes around and far from 56 px, every mode load_image converts
 KINDS = [
@@ -211,15 +210,8 @@ def test_tensor_input_and_arguments_checked_at_the_call(model):
         list(iter_predict(model, ["a.png", "b.png", 3], workers=0))
 
 
-def test_nan_warned_once_per_stream(model, monkeypatch):
-    forward = SADCL.forward
-
-    def nan_first_row(self, x):
-        out = forward(self, x).clone()
-        out[0] = math.nan
-        return out
-
-    monkeypatch.setattr(SADCL, "forward", nan_first_row)
+def test_nan_warned_once_per_stream(model, nan_logits):
+    nan_logits(0)  # every batch's first image
     images = [Image.new("RGB", (30, 40), (i * 40, 0, 0)) for i in range(4)]
     with pytest.warns(NonFiniteScoreWarning, match=r"NaN scores for 1 of 2 images .*\(image 0\)") as caught:
         preds = flat(iter_predict(model, images, batch_size=2, workers=0))
