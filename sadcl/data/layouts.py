@@ -42,9 +42,28 @@ from .datasets import MultiLabelDataset, missing_files
 from .images import IMAGE_SUFFIXES, check_image
 from .layout_files import LAYOUTS, SPLITS, Layout, LayoutError, Listing, layout_for
 
-__all__ = ["LAYOUTS", "SPLITS", "LayoutError", "LayoutReport", "SplitReport", "check_layout", "decided", "load_split"]
+__all__ = [
+    "LAYOUTS",
+    "SPLITS",
+    "LayoutError",
+    "LayoutReport",
+    "SplitReport",
+    "StaleDecisionError",
+    "check_layout",
+    "decided",
+    "load_split",
+]
 
 MISSING_LIMIT = 0.5  # with skip_bad: more than this share of a split missing means the wrong folder
+
+
+class StaleDecisionError(LayoutError):
+    """A recorded decision of images to drop names an image its split does not list: it was made on other data.
+    ``problem``: the message without its advice (a caller that holds the record words its own)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem}; decide again without it")
+        self.problem = problem
 
 
 @dataclass
@@ -158,10 +177,9 @@ def _split_off(name: str, split: str, li: Listing, dropped: Collection[str]) -> 
     names = [rel(p) for p in li.paths]
     unknown = set(dropped).difference(names)
     if unknown:
-        raise LayoutError(
+        raise StaleDecisionError(
             f"{printable(min(unknown))!r}, recorded as an image to drop from the {name} {split} split, is not "
-            f"listed in {printable(li.list_file)}: the record was made on other data; decide again without it"
-            # (sadcl.reproduce.run recognises that end)
+            f"listed in {printable(li.list_file)}: the record was made on other data"
         )
     drop = set(dropped)
     return [n not in drop for n in names]

@@ -14,6 +14,7 @@ from .._atomic import atomic_write_text
 from .._files import open_regular
 from .._text import printable
 from ..data.layout_files import SPLITS, LayoutError, relative_name
+from ..data.layouts import StaleDecisionError
 from ..train.config import ConfigError
 from .plan import PLAN_FORMAT, Plan, differences, estimate, format_estimate, format_plan, resolve_plan, run_folder
 from .results import EVAL_NAME, check_repo_id, evaluate_run, export_run, publish_lines
@@ -25,7 +26,6 @@ STEP_TITLES = {"step1": "Query2Label baseline", "step2": "SADCL"}
 # plan.json holds the images skip_bad drops (at most half of each split: ~6 MB for NUS-WIDE's 270,000 images)
 _MAX_PLAN_BYTES = 64 << 20
 _MAX_NAME = 4096  # characters in one recorded image name
-_OTHER_DATA = "; decide again without it"  # the end of the LayoutError for a record that does not fit the data
 
 
 def _read_plan(path: Path) -> dict[str, Any] | None:
@@ -105,7 +105,11 @@ def _inside(name: str) -> bool:
 def claim_run(out: Path, plan: Plan, overwrite: bool) -> str:
     """What the run folder allows: ``"new"``, ``"resume"`` (its plan.json matches) or ``"overwrite"``; raises
     :class:`ConfigError` for a folder holding another plan or files a reproduction did not write. Read-only."""
-    state, stored = _folder_plan(out, overwrite)
+    return _claim(out, plan, *_folder_plan(out, overwrite))
+
+
+def _claim(out: Path, plan: Plan, state: str, stored: dict[str, Any] | None) -> str:
+    """:func:`claim_run` on the folder's state and plan.json as :func:`_folder_plan` read them."""
     if stored is None:
         return state
     diffs = differences(stored["compared"], plan)
@@ -226,7 +230,7 @@ def reproduce(
     # skip_bad: which images are dropped is decided once, decoding every image (as training would), and recorded
     # in plan.json; a rerun reuses the record, and the steps and the evaluation load the splits with it.
     folder = run_folder(dataset, output_dir)
-    _, stored = _folder_plan(folder, overwrite)  # a foreign folder is refused before any image is decoded
+    state, stored = _folder_plan(folder, overwrite)  # a foreign folder is refused before any image is decoded
     known = _recorded_drops(stored, dataset, folder) if skip_bad else None
     # (a run folder without skip_bad refuses this run anyway: no need to decode for it)
     decide = skip_bad and not dry_run and known is None and (stored is None or stored.get("skip_bad") is True)
@@ -242,17 +246,16 @@ def reproduce(
             require_init=not dry_run,
             **overrides,
         )
-    except LayoutError as e:
-        if known is None or not str(e).endswith(_OTHER_DATA):
+    except StaleDecisionError as e:
+        if known is None:
             raise
-        problem = f"{folder / PLAN_NAME}: {str(e).removesuffix(_OTHER_DATA)}; {_REPLACE}"
-        raise _folder_error(problem) from None
-    out = Path(plan.output_dir)
+        raise _folder_error(f"{folder / PLAN_NAME}: {e.problem}; {_REPLACE}") from None
+    out = Path(plan.output_dir)  # the same folder (run_folder)
     for line in plan.layout:
         say(line)
     for line in format_plan(plan):
         say(line)
-    state = claim_run(out, plan, overwrite)
+    state = _claim(out, plan, state, stored)
     if dry_run:
         for line in format_estimate(plan, estimate(plan)):
             say(line)
