@@ -49,7 +49,9 @@ UNIQUE = 256  # images generated; the rest of the folder are copies of them
 
 
 def _run(cmd: list[str], limit: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    # the source tree first (gpu_session.sh runs without installing); no empty entry, which would mean the cwd
+    paths = [str(HERE.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, limit), env=env)
 
 
