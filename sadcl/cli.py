@@ -970,7 +970,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser: "sadcl predict: error: … (see sadcl predict --help)"
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     verbose = args.verbose
     del args.verbose  # not an option of the command (train hands every option to its config)
     run = COMMANDS[args.command][1]

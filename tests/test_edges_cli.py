@@ -428,6 +428,9 @@ def test_argparse_errors_are_one_line(capsys):
         main(["predict", "--batch-size"])
     one_error_line(capsys.readouterr().err, "predict", "argument --batch-size: expected one argument")
     with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--bogus"])  # the command's words, not the top-level parser's
+    one_error_line(capsys.readouterr().err, "predict", "unrecognized arguments: --bogus", "(see sadcl predict --help)")
+    with pytest.raises(SystemExit):
         main(["no-such-command"])
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("sadcl: error: ")
