@@ -116,3 +116,25 @@ def test_under_torchrun_the_processes_of_a_node_share_the_default_workers(monkey
     assert _workers(JobOptions(images=[]), shard.Group(), None) is None  # one process: iter_predict's default
     monkeypatch.setattr(stream, "default_workers", lambda device: 0)  # the model's threads take every core
     assert _workers(JobOptions(images=[]), four, None) is None  # not a forced worker: iter_predict adapts
+
+
+def test_leave_waits_for_peers_only_after_a_finished_job_and_never_unbounded(monkeypatch):
+    import torch.distributed as dist
+
+    calls = []
+
+    def barrier(timeout):
+        calls.append(("barrier", timeout.total_seconds()))
+        raise RuntimeError("rank 1 failed to pass monitoredBarrier")  # a peer that stopped after the last round
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "monitored_barrier", barrier)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append(("destroy",)))
+    owned = shard.Group(rank=0, world=2, owns=True)
+    shard.leave(owned, finished=True)  # the peer's failure does not become this rank's
+    assert calls == [("barrier", shard.LEAVE_BARRIER_S), ("destroy",)]
+    calls.clear()
+    shard.leave(owned)  # after a failure: no barrier (a peer may be gone)
+    assert calls == [("destroy",)]
+    shard.leave(shard.Group(rank=1, world=2), finished=True)  # a group it did not create is left alone
+    assert calls == [("destroy",)]

@@ -329,12 +329,15 @@ def run(o: JobOptions) -> int:
     """Run the job; the exit code: 0 all done, 1 done but some images skipped or with NaN scores. Errors raise
     (one line each); under torchrun only rank 0 raises, the other processes return 2 quietly."""
     group = shard.join()
+    finished = False
     try:
-        return _run(o, group)
+        code = _run(o, group)
+        finished = True
+        return code
     except shard.PeerFailed:
         return 2
     finally:
-        shard.leave(group)
+        shard.leave(group, finished)
 
 
 def _run(o: JobOptions, group: shard.Group) -> int:

@@ -59,11 +59,26 @@ def join() -> Group:
     return Group(rank, world, local_rank, local_world, owns=True)
 
 
-def leave(group: Group) -> None:
+LEAVE_BARRIER_S = 60  # how long a finished rank waits for its peers to finish too
+
+
+def leave(group: Group, finished: bool = False) -> None:
+    """End the process group join() created. ``finished``: every rank ran the job to its end, so a barrier
+    first keeps a rank from closing its connections while a peer still reads the last gather's data (gloo's
+    thread can then abort the peer: "terminate called without an active exception", seen once in CI). After a
+    failure no barrier: a peer may be gone already; and the barrier is bounded (``LEAVE_BARRIER_S``), since a
+    peer can still fail after the last round (rank 0 writing its summary)."""
     if group.owns:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if finished:
+                from datetime import timedelta
+
+                try:
+                    dist.monitored_barrier(timeout=timedelta(seconds=LEAVE_BARRIER_S))
+                except RuntimeError:  # a peer that stopped after the last round: this rank's result stands
+                    pass
             dist.destroy_process_group()
 
 
